@@ -1,0 +1,353 @@
+"""
+Parse and validate ``lb.ini``.
+
+``parse(text, filename)`` is pure: it returns a frozen L{Config} or raises
+L{ConfigError}, whose message is one line naming the file, the section, the
+key and what is allowed.  Nothing here touches the network or the reactor.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import attrs
+
+__all__ = [
+    "Address",
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "HealthConfig",
+    "load",
+    "parse",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+MODES = ("http", "tcp")
+ALGORITHMS = ("least_conn", "round_robin")
+LOG_FORMATS = ("combined", "json")
+
+
+class ConfigError(Exception):
+    """
+    A configuration file is unreadable or wrong.
+
+    C{str(error)} is the single line shown to the user.
+    """
+
+    def __init__(
+        self, filename: str, message: str, section: str = "", key: str = ""
+    ) -> None:
+        where = filename
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+        self.filename = filename
+        self.section = section
+        self.key = key
+
+
+@attrs.frozen
+class Address:
+    """A backend's host and TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class HealthConfig:
+    """Active health-check settings (the ``[health]`` section)."""
+
+    path: str = "/health"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+@attrs.frozen
+class BackendConfig:
+    """One ``[backend:NAME]`` section."""
+
+    name: str
+    address: Address
+    weight: float = 1.0
+
+
+@attrs.frozen
+class Config:
+    """The whole validated configuration."""
+
+    filename: str
+    backends: tuple[BackendConfig, ...]
+    listen: tuple[str, ...] = ("tcp:8080",)
+    mode: str = "http"
+    algorithm: str = "least_conn"
+    stats_listen: str = ""
+    connect_timeout: float = 3.0
+    backend_timeout: float = 30.0
+    retries: int = 2
+    idle_pool_size: int = 64
+    access_log: str = ""
+    access_log_format: str = "combined"
+    health: HealthConfig = HealthConfig()
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse C{500ms}, C{2s}, C{1m} or plain seconds (C{1.5}) into seconds.
+
+    @raise ValueError: for anything else.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _duration(text: str) -> float:
+    return parse_duration(text)
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text.strip())
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _weight(text: str) -> float:
+    value = float(text.strip())
+    if not (0 < value <= 1000):
+        raise ValueError(text)
+    return value
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip()
+        if value not in allowed:
+            raise ValueError(text)
+        return value
+
+    return convert
+
+
+def _endpoints(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise ValueError(text)
+    return items
+
+
+def _path(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/") or any(c in value for c in " \r\n\t"):
+        raise ValueError(text)
+    return value
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _address(text: str) -> Address:
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    return Address(host, int(port))
+
+
+_DURATION_HELP = "a duration such as 500ms, 2s, 1m or plain seconds"
+
+# key -> (converter, what is allowed, Config field)
+_TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
+    "listen": (_endpoints, "a comma list of Twisted endpoints such as tcp:8080"),
+    "mode": (_choice(MODES), "one of " + ", ".join(MODES)),
+    "algorithm": (_choice(ALGORITHMS), "one of " + ", ".join(ALGORITHMS)),
+    "stats_listen": (_text, "empty or a Twisted endpoint such as tcp:9000"),
+    "connect_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "backend_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "retries": (_count, "a whole number, 0 or more"),
+    "idle_pool_size": (_count, "a whole number, 0 or more"),
+    "access_log": (_text, "empty (off), - for standard output, or a file path"),
+    "access_log_format": (_choice(LOG_FORMATS), "one of " + ", ".join(LOG_FORMATS)),
+}
+_HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
+    "path": (_path, "an absolute path such as /health"),
+    "interval": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "rise": (_positive_count, "a whole number, 1 or more"),
+    "fall": (_positive_count, "a whole number, 1 or more"),
+}
+_BACKEND_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
+    "address": (_address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"),
+    "weight": (_weight, "a number above 0 and at most 1000"),
+}
+_BACKEND_PREFIX = "backend:"
+
+
+def _section(
+    filename: str,
+    name: str,
+    items: Mapping[str, str],
+    keys: Mapping[str, tuple[Callable[[str], object], str]],
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for key, raw in items.items():
+        if key not in keys:
+            raise ConfigError(
+                filename,
+                "unknown key; allowed: " + ", ".join(keys),
+                name,
+                key,
+            )
+        convert, allowed = keys[key]
+        try:
+            values[key] = convert(raw)
+        except ValueError:
+            raise ConfigError(
+                filename, f"{raw.strip()!r} is not valid; expected {allowed}", name, key
+            ) from None
+    return values
+
+
+def parse(text: str, filename: str = "lb.ini") -> Config:
+    """
+    Parse the text of an ``lb.ini`` file.
+
+    @raise ConfigError: naming file, section, key and what is allowed.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        default_section="\x00no-defaults",
+        strict=True,
+    )
+    try:
+        parser.read_string(text, source=filename)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(filename, "section appears twice", e.section) from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(filename, "key appears twice", e.section, e.option) from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(filename, f"not an INI file: {first}") from None
+
+    top: dict[str, object] = {}
+    health: dict[str, object] = {}
+    backends: list[BackendConfig] = []
+    seen_addresses: dict[Address, str] = {}
+    for name in parser.sections():
+        items = dict(parser.items(name))
+        if name == "txlb":
+            top = _section(filename, name, items, _TXLB_KEYS)
+        elif name == "health":
+            health = _section(filename, name, items, _HEALTH_KEYS)
+        elif name.startswith(_BACKEND_PREFIX):
+            backends.append(_backend(filename, name, items, seen_addresses))
+        else:
+            raise ConfigError(
+                filename,
+                "unknown section; allowed: [txlb], [health], [backend:NAME]",
+                name,
+            )
+    if not backends:
+        raise ConfigError(
+            filename, "no backends; add at least one [backend:NAME] with an address"
+        )
+    health_config = HealthConfig(**health)  # type: ignore[arg-type]
+    if health_config.timeout > health_config.interval:
+        raise ConfigError(
+            filename, "timeout must not exceed interval", "health", "timeout"
+        )
+    return Config(
+        filename=filename,
+        backends=tuple(backends),
+        health=health_config,
+        **top,  # type: ignore[arg-type]
+    )
+
+
+def _backend(
+    filename: str,
+    section: str,
+    items: Mapping[str, str],
+    seen: dict[Address, str],
+) -> BackendConfig:
+    name = section[len(_BACKEND_PREFIX) :].strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ConfigError(
+            filename,
+            "backend name must be 1-64 letters, digits, '_', '.' or '-'",
+            section,
+        )
+    values = _section(filename, section, items, _BACKEND_KEYS)
+    if "address" not in values:
+        raise ConfigError(
+            filename,
+            "missing; expected " + _BACKEND_KEYS["address"][1],
+            section,
+            "address",
+        )
+    address = values["address"]
+    assert isinstance(address, Address)
+    if address in seen:
+        raise ConfigError(
+            filename,
+            f"{address} is already used by [backend:{seen[address]}]",
+            section,
+            "address",
+        )
+    seen[address] = name
+    return BackendConfig(name=name, **values)  # type: ignore[arg-type]
+
+
+def load(path: str) -> Config:
+    """
+    Read and parse the file at C{path}.
+
+    @raise ConfigError: if it cannot be read or is wrong.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(path, f"cannot read the file: {reason}") from None
+    return parse(text, path)

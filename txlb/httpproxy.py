@@ -1,0 +1,494 @@
+"""
+The HTTP reverse proxy: a twisted.web L{Site} whose requests go to the
+least-loaded backend through pooled keep-alive connections.
+
+One L{_Exchange} carries one client request to a backend and the response
+back.  Bodies stream both ways with back-pressure: a request with a body
+starts as soon as its head is in (the client is paused until the backend
+connection is up), and the backend connection is registered as the
+producer of the response so a slow client slows the backend read.  The
+registry lease is released exactly once, however the exchange ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import IResource
+
+from txlb.config import Config
+from txlb.headers import HOP_BY_HOP, connection_tokens, request_head
+from txlb.registry import Backend, Lease, Registry
+from txlb.upstream import BackendConnection, BackendPool, _Connect
+
+__all__ = ["HTTPProxy", "ProxyRequest", "ProxySite"]
+
+_EMPTY: frozenset[bytes] = frozenset()
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_RESERVED = (b"/api/", b"/dashboard", b"/metrics")
+
+
+class HTTPProxy:
+    """
+    What every exchange shares: the registry, one pool per backend, the
+    timeouts and the access log.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        config: Config,
+        access_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.connect_timeout = config.connect_timeout
+        self.backend_timeout = config.backend_timeout
+        self.retries = config.retries
+        self.retry_after = b"%d" % max(1, math.ceil(config.health.interval))
+        self.access_log = access_log
+        self.pools: dict[Backend, BackendPool] = {
+            b: BackendPool(
+                reactor, b.address, config.connect_timeout, config.idle_pool_size
+            )
+            for b in registry.backends
+        }
+
+    def close(self) -> None:
+        """Close idle backend connections (at shutdown)."""
+        for pool in self.pools.values():
+            pool.close()
+
+
+class ProxyRequest(server.Request):
+    """
+    A request that is proxied unless its path is reserved for the stats app.
+
+    A request with a body starts its exchange when its head is complete, so
+    the body streams to the backend instead of being spooled.
+    """
+
+    _exchange: _Exchange | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        site: ProxySite = self.channel.site
+        path = self.channel._path
+        if length != 0 and site.proxy is not None and not site.reserved(path):
+            self.content = BytesIO()
+            self._exchange = _Exchange(site.proxy, self)
+            self._exchange.begin(self.channel._command, path, length)
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            super().handleContentChunk(data)
+        else:
+            exchange.client_body(data)
+
+    def process(self) -> None:
+        site: ProxySite = self.channel.site
+        self.site = site
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.client_body_done()
+        elif site.proxy is not None and not site.reserved(self.path):
+            self.prepath = []
+            self.postpath = []
+            self._exchange = _Exchange(site.proxy, self)
+            self._exchange.begin(self.method, self.uri, 0)
+        else:
+            super().process()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.client_lost()
+
+
+class ProxySite(server.Site):
+    """
+    The proxy's site: every path goes to a backend except, when the stats
+    app shares this site, C{/api/}, C{/dashboard} and C{/metrics}.
+    """
+
+    requestFactory = ProxyRequest
+
+    def __init__(
+        self, proxy: HTTPProxy | None, resource: IResource, reserve: bool = True
+    ) -> None:
+        super().__init__(resource)
+        self.proxy = proxy
+        self._reserve = reserve
+
+    def reserved(self, path: bytes) -> bool:
+        """Whether C{path} belongs to the stats app rather than a backend."""
+        return self._reserve and path.startswith(_RESERVED)
+
+    def log(self, request: object) -> None:
+        """The access log is txlb's own (see L{txlb.accesslog})."""
+
+
+class _Exchange:
+    """One client request's trip to a backend and back."""
+
+    __slots__ = (
+        "attached",
+        "attempt",
+        "body_length",
+        "bytes_sent",
+        "conn",
+        "done",
+        "early",
+        "head",
+        "lease",
+        "method",
+        "proxy",
+        "request",
+        "responded",
+        "started",
+        "status",
+        "timer",
+        "tried",
+        "upstream_started",
+        "uri",
+    )
+
+    log = Logger()
+
+    def __init__(self, proxy: HTTPProxy, request: ProxyRequest) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.lease: Lease | None = None
+        self.tried: list[Backend] = []
+        self.attempt: _Connect | None = None
+        self.conn: BackendConnection | None = None
+        self.timer: Any = None
+        self.attached = False
+        self.early: list[Callable[[], None]] | None = None
+        self.responded = False
+        self.done = False
+        self.status = 0
+        self.bytes_sent = 0
+        self.upstream_started = 0.0
+
+    # --- client side ----------------------------------------------------------
+
+    def begin(self, method: bytes, uri: bytes, body_length: int | None) -> None:
+        """
+        Start: pick a backend and ask its pool for a connection.
+
+        @param body_length: 0 for no body, the Content-Length, or L{None} for
+            a chunked body still to come.
+        """
+        request = self.request
+        self.started = self.proxy.clock.seconds()
+        self.method = method
+        self.uri = uri
+        self.body_length = body_length
+        self.attached = body_length == 0
+        if body_length != 0:
+            # Hold the body until a backend connection is up.
+            request.channel.transport.pauseProducing()
+        headers = request.requestHeaders
+        connection = headers.getRawHeaders(b"connection")
+        address = request.getClientAddress()
+        default_host = b""
+        if not headers.hasHeader(b"host"):
+            default_host = str(request.getHost().host).encode("ascii")
+        self.head = request_head(
+            method,
+            uri,
+            headers.getAllRawHeaders(),
+            getattr(address, "host", "").encode("ascii"),
+            b"https" if request.isSecure() else b"http",
+            body_length,
+            default_host,
+            connection_tokens(connection) if connection else _EMPTY,
+        )
+        self._pick()
+
+    def client_body(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or self.done:
+            return
+        if self.body_length is None:
+            conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            conn.send(data)
+
+    def client_body_done(self) -> None:
+        """The whole request body arrived; the request can now be answered."""
+        conn = self.conn
+        if conn is not None and not self.done:
+            if self.body_length is None:
+                conn.send(b"0\r\n\r\n")
+            conn.transport.unregisterProducer()  # type: ignore[union-attr]
+            conn.request_sent()
+        self.attached = True
+        early, self.early = self.early, None
+        if early:
+            for step in early:
+                step()
+
+    def client_lost(self) -> None:
+        """The client went away: free the backend connection and the lease."""
+        if self.done:
+            return
+        self.done = True
+        if self.attempt is not None:
+            self.attempt.cancel()
+            self.attempt = None
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
+        self._end(failed=False, status=499)
+
+    # --- choosing a backend ------------------------------------------------------
+
+    def _pick(self) -> None:
+        lease = self.proxy.registry.acquire(self.tried)
+        if lease is None:
+            if self.tried:
+                self._error(502, b"no backend could be reached")
+            else:
+                self._error(503, b"no backend is available", retry=True)
+            return
+        self.lease = lease
+        self.tried.append(lease.backend)
+        self.attempt = self.proxy.pools[lease.backend].get(self)
+
+    def upstream_ready(self, conn: BackendConnection) -> None:
+        self.attempt = None
+        if self.done:
+            conn.pool.checkin(conn)
+            return
+        self.conn = conn
+        self.upstream_started = self.proxy.clock.seconds()
+        conn.start(self, self.head, self.method == b"HEAD")
+        if self.body_length == 0:
+            conn.request_sent()
+        else:
+            transport = self.request.channel.transport
+            conn.transport.registerProducer(transport, True)  # type: ignore[union-attr]
+            transport.resumeProducing()
+        self.timer = self.proxy.clock.callLater(
+            self.proxy.backend_timeout, self._timed_out
+        )
+
+    def upstream_unreachable(self, why: str) -> None:
+        self.attempt = None
+        lease = self.lease
+        assert lease is not None
+        lease.release(failed=True)
+        self.lease = None
+        self.log.warning(
+            "backend {backend} unreachable: {why}", backend=lease.backend.name, why=why
+        )
+        if len(self.tried) <= self.proxy.retries:
+            self._pick()
+        else:
+            self._error(502, b"no backend could be reached")
+
+    # --- the backend's response ---------------------------------------------------
+
+    def upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if not self.attached:
+            self._defer(lambda: self.upstream_head(status, reason, headers))
+            return
+        self.responded = True
+        self.status = status
+        request = self.request
+        request.code = status
+        request.code_message = reason or http.RESPONSES.get(status, b"")
+        out = request.responseHeaders
+        drop = _EMPTY
+        for name, value in headers:
+            if name.lower() == b"connection":
+                drop = connection_tokens([value])
+        saw_date = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in drop:
+                continue
+            if lower == b"date":
+                saw_date = True
+            out.addRawHeader(name, value)
+        if not saw_date:
+            out.setRawHeaders(b"Date", [http.datetimeToString()])
+        conn = self.conn
+        if conn is not None:
+            request.registerProducer(conn, True)
+
+    def upstream_body(self, data: bytes) -> None:
+        if not self.attached:
+            self._defer(lambda: self.upstream_body(data))
+            return
+        self.bytes_sent += len(data)
+        self.request.write(data)
+        timer = self.timer
+        if timer is not None:
+            timer.reset(self.proxy.backend_timeout)
+
+    def upstream_done(self) -> None:
+        if not self.attached:
+            self._defer(self.upstream_done)
+            return
+        if self.done:
+            return
+        self.done = True
+        self.conn = None
+        request = self.request
+        if request.producer is not None:
+            request.unregisterProducer()
+        request.finish()
+        self._end(failed=self.status >= 500, status=self.status)
+
+    def upstream_failed(self, why: str, response_started: bool) -> None:
+        conn = self.conn
+        self.conn = None
+        if self.done:
+            return
+        if self.request.producer is not None:
+            self.request.unregisterProducer()
+        if (
+            not response_started
+            and conn is not None
+            and conn.reused
+            and self.body_length == 0
+            and self.method in _IDEMPOTENT
+        ):
+            # The backend closed an idle keep-alive connection as we reused
+            # it: replay on a fresh connection to the same backend.
+            self._cancel_timer()
+            lease = self.lease
+            assert lease is not None
+            self.attempt = self.proxy.pools[lease.backend].get(self, fresh=True)
+            return
+        self.log.warning(
+            "backend {backend} failed: {why}",
+            backend=self.lease.backend.name if self.lease else "?",
+            why=why,
+        )
+        if self.responded:
+            self._abort_client(why)
+        else:
+            self._error(502, b"the backend failed")
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.done:
+            return
+        if self.responded:
+            self._abort_client("backend timed out mid-response")
+        else:
+            self._error(504, b"the backend did not answer in time")
+
+    # --- endings -----------------------------------------------------------------
+
+    def _defer(self, step: Callable[[], None]) -> None:
+        """
+        Keep a response step for when the request is complete; the backend
+        is paused meanwhile so nothing piles up.
+        """
+        if self.early is None:
+            self.early = []
+            if self.conn is not None:
+                self.conn.pauseProducing()
+        self.early.append(step)
+
+    def _error(self, code: int, message: bytes, retry: bool = False) -> None:
+        if self.done:
+            return
+        if not self.attached:
+            # Let the rest of the body in (it is discarded) so the request
+            # completes and can be answered.
+            self.request.channel.transport.resumeProducing()
+            self._defer(lambda: self._error(code, message, retry))
+            return
+        self.done = True
+        self.status = code
+        request = self.request
+        if request.producer is not None:
+            request.unregisterProducer()
+        request.setResponseCode(code)
+        out = request.responseHeaders
+        out.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
+        out.setRawHeaders(b"Date", [http.datetimeToString()])
+        if retry:
+            out.setRawHeaders(b"Retry-After", [self.proxy.retry_after])
+        body = message + b"\n"
+        out.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        request.write(body)
+        request.finish()
+        self._end(failed=code != 503, status=code)
+
+    def _abort_client(self, why: str) -> None:
+        """
+        The response cannot be completed: drop the client connection so it
+        never mistakes a truncated response for a whole one.
+        """
+        self.done = True
+        self.request.channel.transport.abortConnection()
+        self._end(failed=True, status=self.status)
+
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _end(self, failed: bool, status: int) -> None:
+        self._cancel_timer()
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release(failed=failed)
+        log = self.proxy.access_log
+        if log is not None:
+            self._log_access(log, lease, status)
+
+    def _log_access(
+        self,
+        log: Callable[[dict[str, Any]], None],
+        lease: Lease | None,
+        status: int,
+    ) -> None:
+        request = self.request
+        now = self.proxy.clock.seconds()
+        address = request.getClientAddress()
+        log(
+            {
+                "time": now,
+                "client": getattr(address, "host", "-"),
+                "method": self.method.decode("latin-1"),
+                "uri": self.uri.decode("latin-1"),
+                "protocol": (request.clientproto or b"HTTP/1.1").decode("latin-1"),
+                "status": status,
+                "bytes": self.bytes_sent,
+                "referer": (request.getHeader(b"referer") or b"-").decode("latin-1"),
+                "user_agent": (request.getHeader(b"user-agent") or b"-").decode(
+                    "latin-1"
+                ),
+                "backend": lease.backend.name if lease else "-",
+                "upstream_time": (now - self.upstream_started)
+                if self.upstream_started
+                else None,
+                "total_time": now - self.started,
+            }
+        )

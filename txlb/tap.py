@@ -1,0 +1,146 @@
+"""
+The twistd plugin's options and service: the one place that resolves the
+global reactor and wires the single registry into every part.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from txlb import __version__
+from txlb.accesslog import AccessLog
+from txlb.config import Config, ConfigError, load
+from txlb.health import HealthChecker
+from txlb.httpproxy import HTTPProxy, ProxySite
+from txlb.registry import Registry
+from txlb.webapp import StatsApp
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "--config lb.ini [--check]"
+    longdesc = (
+        "Run the txlb load balancer. Everything about balancing is set in the "
+        "INI file given by --config (sections [txlb], [health] and one "
+        "[backend:NAME] per backend; README.md lists every key). A wrong file "
+        "stops start-up with one line naming the file, section, key and what "
+        "is allowed, before any port is bound."
+    )
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["config", "c", "lb.ini", "Path of the INI configuration file."],
+    ]
+    optFlags: ClassVar[list[list[Any]]] = [
+        ["check", None, "Check the configuration file, print the result and exit."],
+    ]
+
+    config: Config
+
+    def opt_version(self) -> None:
+        """Print txlb's version and exit."""
+        print(f"txlb {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load(self["config"])
+            # Parse the endpoint strings now too, so a typo is reported
+            # before anything is bound.
+            from twisted.internet import reactor
+
+            _endpoints(reactor, self.config)
+        except ConfigError as e:
+            sys.stderr.write(f"txlb: {e}\n")
+            sys.exit(1)
+        if self["check"]:
+            print(f"txlb: {self['config']}: configuration is valid")
+            sys.exit(0)
+
+
+def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
+    def parse(key: str, description: str) -> Any:
+        try:
+            return serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                config.filename,
+                f"{description!r} is not a Twisted endpoint ({e or type(e).__name__});"
+                " expected e.g. tcp:8080 or tcp:8080:interface=127.0.0.1",
+                "txlb",
+                key,
+            ) from None
+
+    listen = [parse("listen", d) for d in config.listen]
+    stats = parse("stats_listen", config.stats_listen) if config.stats_listen else None
+    return listen, stats
+
+
+class _ProxyCloser(Service):
+    """Closes the backend pools when the service stops."""
+
+    def __init__(self, proxy: HTTPProxy) -> None:
+        self._proxy = proxy
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._proxy.close()
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """
+    Build the balancer's services from checked options.
+
+    @param reactor: defaults to the global reactor (tests pass a fake one).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.config
+    top = MultiService()
+    registry = Registry(config.backends, reactor, config.algorithm)
+
+    access_log = None
+    if config.access_log:
+        try:
+            access_log = AccessLog.open(
+                config.access_log, config.access_log_format, reactor, reactor
+            )
+        except OSError as e:
+            sys.stderr.write(
+                f"txlb: {config.filename}: [txlb] access_log: cannot open"
+                f" {config.access_log!r}: {e.strerror}\n"
+            )
+            sys.exit(1)
+        access_log.setServiceParent(top)
+
+    proxy = HTTPProxy(registry, reactor, reactor, config, access_log)
+    _ProxyCloser(proxy).setServiceParent(top)
+
+    stats = StatsApp(registry).resource()
+    listen, stats_endpoint = _endpoints(reactor, config)
+    site = ProxySite(proxy, stats, reserve=stats_endpoint is None)
+    for endpoint in listen:
+        _listen(endpoint, site).setServiceParent(top)
+    if stats_endpoint is not None:
+        _listen(stats_endpoint, Site(stats)).setServiceParent(top)
+
+    probes = HTTPClient(
+        Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    )
+    HealthChecker(registry, probes, reactor, config.health).setServiceParent(top)
+    return top
+
+
+def _listen(endpoint: Any, factory: Any) -> StreamServerEndpointService:
+    service = StreamServerEndpointService(endpoint, factory)
+    # A port that cannot be bound stops start-up instead of being logged.
+    service._raiseSynchronously = True
+    return service
