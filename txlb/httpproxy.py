@@ -49,8 +49,16 @@ class HTTPProxy:
         clock: IReactorTime,
         config: Config,
         access_log: Callable[[dict[str, Any]], None] | None = None,
+        observe: Callable[[Backend, int, float], None] | None = None,
     ) -> None:
+        """
+        @param access_log: called with a record of each request.
+        @param observe: called with (backend, status, seconds from sending
+            to the backend until the response ended) for each request a
+            backend answered or failed.
+        """
         self.registry = registry
+        self.observe = observe
         self.clock = clock
         self.connect_timeout = config.connect_timeout
         self.backend_timeout = config.backend_timeout
@@ -125,6 +133,7 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
+    noisy = False
 
     def __init__(
         self, proxy: HTTPProxy | None, resource: IResource, reserve: bool = True
@@ -459,6 +468,13 @@ class _Exchange:
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release(failed=failed)
+            observe = self.proxy.observe
+            if observe is not None and self.upstream_started:
+                observe(
+                    lease.backend,
+                    status,
+                    self.proxy.clock.seconds() - self.upstream_started,
+                )
         log = self.proxy.access_log
         if log is not None:
             self._log_access(log, lease, status)

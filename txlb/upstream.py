@@ -232,6 +232,8 @@ class ConnectWaiter(TypingProtocol):
 class _Connect(ClientFactory):
     """One connection attempt; tells its waiter once, or pools the result."""
 
+    noisy = False
+
     def __init__(self, pool: BackendPool, waiter: ConnectWaiter | None) -> None:
         self.pool = pool
         self.waiter = waiter
