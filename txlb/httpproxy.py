@@ -136,9 +136,13 @@ class ProxySite(server.Site):
     noisy = False
 
     def __init__(
-        self, proxy: HTTPProxy | None, resource: IResource, reserve: bool = True
+        self,
+        proxy: HTTPProxy | None,
+        resource: IResource,
+        reserve: bool = True,
+        reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__(resource)
+        super().__init__(resource, reactor=reactor)
         self.proxy = proxy
         self._reserve = reserve
 
@@ -303,7 +307,7 @@ class _Exchange:
         assert lease is not None
         lease.release(failed=True)
         self.lease = None
-        self.log.warning(
+        self.log.warn(
             "backend {backend} unreachable: {why}", backend=lease.backend.name, why=why
         )
         if len(self.tried) <= self.proxy.retries:
@@ -388,7 +392,7 @@ class _Exchange:
             assert lease is not None
             self.attempt = self.proxy.pools[lease.backend].get(self, fresh=True)
             return
-        self.log.warning(
+        self.log.warn(
             "backend {backend} failed: {why}",
             backend=self.lease.backend.name if self.lease else "?",
             why=why,

@@ -126,11 +126,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     stats = StatsApp(registry).resource()
     listen, stats_endpoint = _endpoints(reactor, config)
-    site = ProxySite(proxy, stats, reserve=stats_endpoint is None)
+    site = ProxySite(proxy, stats, reserve=stats_endpoint is None, reactor=reactor)
     for endpoint in listen:
         _listen(endpoint, site).setServiceParent(top)
     if stats_endpoint is not None:
-        _listen(stats_endpoint, Site(stats)).setServiceParent(top)
+        _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
     probes = HTTPClient(
         Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 
 import httptools
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.interfaces import IReactorTCP, ITCPTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -114,7 +114,8 @@ class BackendConnection(Protocol):
     # --- Protocol -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         ready, self._ready = self._ready, None
         if ready is not None:
             ready.connected(self)
@@ -201,7 +202,7 @@ class BackendConnection(Protocol):
         reusable = keep_alive and self._request_sent
         assert sink is not None
         sink.upstream_done()
-        if reusable and self.transport is not None and self.transport.connected:  # type: ignore[attr-defined]
+        if reusable and _open(self.transport):
             self.reused = True
             if self._paused:
                 self.resumeProducing()
@@ -213,6 +214,14 @@ class BackendConnection(Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream_failed(why, self._responded)
+
+
+def _open(transport: object) -> bool:
+    return (
+        transport is not None
+        and bool(getattr(transport, "connected", False))
+        and not getattr(transport, "disconnecting", False)
+    )
 
 
 def _why(reason: Failure) -> str:
@@ -303,7 +312,7 @@ class BackendPool:
         idle = self._idle
         while idle and not fresh:
             connection = idle.pop()
-            if connection.transport is not None and connection.transport.connected:  # type: ignore[attr-defined]
+            if _open(connection.transport):
                 waiter.upstream_ready(connection)
                 return None
         attempt = _Connect(self, waiter)

@@ -1,0 +1,196 @@
+"""Tests for L{txlb.config}."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from txlb.config import Address, ConfigError, load, parse, parse_duration
+
+GOOD = """
+[txlb]
+listen = tcp:8080, tcp:8081   ; two listeners
+mode = http
+algorithm = least_conn
+stats_listen =
+
+[health]
+path = /healthz
+interval = 500ms
+timeout = 0.25
+rise = 1
+fall = 4
+
+[backend:web1]
+address = 127.0.0.1:9001
+weight = 2
+
+[backend:web2]
+address = [::1]:9002
+"""
+
+
+class ParseTests(SynchronousTestCase):
+    def test_full_file(self) -> None:
+        """Every key of a valid file lands in the config, inline comments cut."""
+        config = parse(GOOD, "lb.ini")
+        self.assertEqual(config.listen, ("tcp:8080", "tcp:8081"))
+        self.assertEqual(config.mode, "http")
+        self.assertEqual(config.stats_listen, "")
+        self.assertEqual(config.health.path, "/healthz")
+        self.assertEqual(config.health.interval, 0.5)
+        self.assertEqual(config.health.timeout, 0.25)
+        self.assertEqual((config.health.rise, config.health.fall), (1, 4))
+        self.assertEqual([b.name for b in config.backends], ["web1", "web2"])
+        self.assertEqual(config.backends[0].address, Address("127.0.0.1", 9001))
+        self.assertEqual(config.backends[0].weight, 2.0)
+        self.assertEqual(config.backends[1].address, Address("::1", 9002))
+        self.assertEqual(config.backends[1].weight, 1.0)
+        self.assertEqual(str(config.backends[1].address), "[::1]:9002")
+
+    def test_defaults(self) -> None:
+        """A file with only a backend gets documented defaults."""
+        config = parse("[backend:a]\naddress = localhost:80\n")
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.algorithm, "least_conn")
+        self.assertEqual(config.backend_timeout, 30.0)
+        self.assertEqual(config.connect_timeout, 3.0)
+        self.assertEqual(config.retries, 2)
+        self.assertEqual(config.health.interval, 2.0)
+        self.assertEqual(config.access_log, "")
+
+    def test_durations(self) -> None:
+        """Durations accept ms, s, m and plain seconds, and nothing else."""
+        self.assertEqual(parse_duration("500ms"), 0.5)
+        self.assertEqual(parse_duration("2s"), 2.0)
+        self.assertEqual(parse_duration("1m"), 60.0)
+        self.assertEqual(parse_duration("1.5"), 1.5)
+        for bad in ("", "2x", "-1s", "s", "1 h", "1e3"):
+            self.assertRaises(ValueError, parse_duration, bad)
+
+
+class ErrorTests(SynchronousTestCase):
+    def error(self, text: str) -> str:
+        with self.assertRaises(ConfigError) as caught:
+            parse(text, "my.ini")
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith("my.ini"), message)
+        return message
+
+    def test_unknown_section(self) -> None:
+        """An unknown section is named, with the sections allowed."""
+        message = self.error("[backend:a]\naddress=h:1\n[helth]\npath=/\n")
+        self.assertIn("[helth]", message)
+        self.assertIn("[backend:NAME]", message)
+
+    def test_unknown_key(self) -> None:
+        """An unknown key is named with its section and the keys allowed."""
+        message = self.error("[txlb]\nlisten_on = tcp:1\n[backend:a]\naddress=h:1\n")
+        self.assertEqual(message.split(":")[0:2], ["my.ini", " [txlb] listen_on"])
+        self.assertIn("allowed: listen, mode", message)
+
+    def test_bad_value(self) -> None:
+        """A bad value is quoted with what is allowed."""
+        message = self.error("[health]\ninterval = 2x\n[backend:a]\naddress=h:1\n")
+        self.assertIn("[health] interval", message)
+        self.assertIn("'2x'", message)
+        self.assertIn("500ms, 2s, 1m", message)
+
+    def test_bad_mode_and_algorithm(self) -> None:
+        """Enumerated keys list their allowed values."""
+        self.assertIn(
+            "http, tcp", self.error("[txlb]\nmode=udp\n[backend:a]\naddress=h:1\n")
+        )
+        message = self.error("[txlb]\nalgorithm=fastest\n[backend:a]\naddress=h:1\n")
+        self.assertIn("least_conn", message)
+
+    def test_bad_address_and_weight(self) -> None:
+        """Backend addresses need host:port; weights a positive number."""
+        self.assertIn(
+            "[backend:a] address",
+            self.error("[backend:a]\naddress = 127.0.0.1\n"),
+        )
+        self.assertIn("port", self.error("[backend:a]\naddress = h:99999\n").lower())
+        self.assertIn(
+            "[backend:a] weight",
+            self.error("[backend:a]\naddress = h:1\nweight = 0\n"),
+        )
+
+    def test_no_backends(self) -> None:
+        """A file without backends is refused."""
+        self.assertIn("no backends", self.error("[txlb]\nlisten = tcp:1\n"))
+
+    def test_missing_address(self) -> None:
+        """A backend without an address is refused, naming the key."""
+        self.assertIn("[backend:a] address", self.error("[backend:a]\nweight = 1\n"))
+
+    def test_duplicate_address(self) -> None:
+        """Two backends at one address are refused, naming both."""
+        message = self.error("[backend:a]\naddress = h:1\n[backend:b]\naddress = h:1\n")
+        self.assertIn("[backend:b] address", message)
+        self.assertIn("[backend:a]", message)
+
+    def test_duplicate_section_and_key(self) -> None:
+        """Repeated sections and keys are refused."""
+        self.assertIn(
+            "appears twice",
+            self.error("[backend:a]\naddress = h:1\n[backend:a]\naddress = h:2\n"),
+        )
+        self.assertIn(
+            "[backend:a] address",
+            self.error("[backend:a]\naddress = h:1\naddress = h:2\n"),
+        )
+
+    def test_not_ini(self) -> None:
+        """Text that is not INI is refused."""
+        self.assertIn("not an INI file", self.error("address = h:1\n"))
+
+    def test_timeout_above_interval(self) -> None:
+        """A health timeout longer than the interval is refused."""
+        message = self.error(
+            "[health]\ninterval=1s\ntimeout=2s\n[backend:a]\naddress=h:1\n"
+        )
+        self.assertIn("[health] timeout", message)
+
+    def test_unreadable_file(self) -> None:
+        """A missing file is reported with its path and the reason."""
+        with self.assertRaises(ConfigError) as caught:
+            load("/nonexistent/lb.ini")
+        self.assertIn("/nonexistent/lb.ini", str(caught.exception))
+        self.assertIn("No such file", str(caught.exception))
+
+    def test_load_reads_file(self) -> None:
+        """load() parses a real file and names it in the config."""
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(GOOD)
+        self.assertEqual(load(path).filename, path)
+
+
+class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=300))
+    def test_any_text(self, text: str) -> None:
+        """Any text either parses or raises ConfigError: never anything else."""
+        try:
+            parse(text)
+        except ConfigError as e:
+            self.assertNotIn("\n", str(e))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.sampled_from(["listen", "mode", "algorithm", "retries", "connect_timeout"]),
+        st.text(alphabet=st.characters(blacklist_characters="\r\n[]"), max_size=20),
+    )
+    def test_any_value(self, key: str, value: str) -> None:
+        """Any value for a known key parses or is refused naming that key."""
+        try:
+            parse(f"[txlb]\n{key} = {value}\n[backend:a]\naddress = h:1\n")
+        except ConfigError as e:
+            self.assertIn(f"[txlb] {key}", str(e))

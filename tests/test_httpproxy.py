@@ -1,0 +1,362 @@
+"""
+Tests for L{txlb.httpproxy}: a real ProxySite/HTTPChannel on a memory
+reactor, with string transports on both sides.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import Harness
+
+GET = b"GET /path?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: backend/1\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\nhello"
+)
+
+
+def header_lines(response: bytes) -> list[bytes]:
+    return response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+class ProxyTests(SynchronousTestCase):
+    def test_get_relayed(self) -> None:
+        """A GET goes to a backend with forwarding headers; the answer comes back."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9001)])
+        backend = h.accept()
+        sent = backend.received()
+        self.assertTrue(sent.startswith(b"GET /path?x=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Host: example.com\r\n", sent)
+        self.assertIn(b"X-Forwarded-For: 192.0.2.7\r\n", sent)
+        self.assertIn(b"X-Forwarded-Proto: http\r\n", sent)
+        self.assertEqual(h.active(), [1, 0])
+        backend.reply(OK)
+        response = client.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\n"), response)
+        self.assertTrue(response.endswith(b"\r\n\r\nhello"))
+        self.assertEqual(h.active(), [0, 0])
+        self.assertEqual(h.records[0]["status"], 200)
+        self.assertEqual(h.records[0]["backend"], "b0")
+
+    def test_server_and_date_not_duplicated(self) -> None:
+        """The backend's Server and Date pass through once each."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(OK)
+        lines = header_lines(client.received())
+        self.assertEqual(
+            [x for x in lines if x.lower().startswith(b"server:")],
+            [b"Server: backend/1"],
+        )
+        self.assertEqual(len([x for x in lines if x.lower().startswith(b"date:")]), 1)
+        self.assertIn(b"Date: Mon, 01 Jan 2024 00:00:00 GMT", lines)
+
+    def test_keep_alive_reuse(self) -> None:
+        """A finished exchange returns its connection; the next request reuses it."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(OK)
+        backend.transport.clear()
+        client.send(GET)
+        self.assertEqual(h.pending_connects(), [])
+        self.assertTrue(backend.received().startswith(b"GET /path"))
+        backend.reply(OK)
+        self.assertEqual(client.received().count(b"hello"), 2)
+
+    def test_sequential_requests_spread(self) -> None:
+        """Sequential requests on an idle balancer visit both backends."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(OK)
+        client.send(GET)
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9002)])
+
+    def test_response_hop_by_hop_and_rechunking(self) -> None:
+        """Hop-by-hop response headers go; a chunked body is re-chunked intact."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Drop\r\n"
+            b"X-Drop: 1\r\nKeep-Alive: timeout=3\r\nX-Keep: 2\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        response = client.received()
+        lines = header_lines(response)
+        self.assertIn(b"X-Keep: 2", lines)
+        for gone in (b"x-drop", b"keep-alive", b"connection"):
+            self.assertFalse([x for x in lines if x.lower().startswith(gone)], lines)
+        self.assertIn(b"Transfer-Encoding: chunked", lines)
+        body = response.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(body, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_head(self) -> None:
+        """HEAD gets the head with its Content-Length and no body; the
+        connection stays usable."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        response = client.received()
+        self.assertIn(b"Content-Length: 1000", header_lines(response))
+        self.assertTrue(response.endswith(b"\r\n\r\n"))
+        self.assertEqual(h.active(), [0])
+        client.transport.clear()
+        backend.transport.clear()
+        client.send(GET)
+        self.assertEqual(h.pending_connects(), [])
+        backend.reply(OK)
+        self.assertTrue(client.received().endswith(b"hello"))
+
+    def test_http10_client(self) -> None:
+        """An HTTP/1.0 client without Host is answered and disconnected."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        backend = h.accept()
+        self.assertIn(b"Host: 127.0.0.1\r\n", backend.received())
+        backend.reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+        )
+        response = client.received()
+        self.assertTrue(response.startswith(b"HTTP/1.0 200 OK"), response)
+        self.assertTrue(response.endswith(b"\r\n\r\nhi"), response)
+        self.assertFalse(client.transport.connected)
+
+    def test_informational_skipped(self) -> None:
+        """A backend's 100 Continue is not forwarded; the final answer is."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+        response = client.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK"), response)
+        self.assertNotIn(b"100 Continue", response)
+
+    def test_close_delimited_body(self) -> None:
+        """A body ended by the backend closing is complete, not an error."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+        backend.close()
+        response = client.received()
+        self.assertTrue(response.endswith(b"9\r\nall of it\r\n0\r\n\r\n"), response)
+        self.assertEqual(h.registry.backends[0].failures, 0)
+        self.assertTrue(client.transport.connected)
+
+
+class FailureTests(SynchronousTestCase):
+    def test_connect_failure_tries_next_backend(self) -> None:
+        """A refused connection is retried on another backend."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.refuse()
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9002)])
+        h.accept().reply(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(h.active(), [0, 0])
+        self.assertEqual([b.failures for b in h.registry.backends], [1, 0])
+
+    def test_all_unreachable_502(self) -> None:
+        """When every backend refuses, the client gets 502."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.refuse()
+        h.refuse()
+        self.assertTrue(
+            client.received().startswith(b"HTTP/1.1 502 "), client.received()
+        )
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_retries_limit(self) -> None:
+        """retries bounds how many other backends are tried."""
+        h = Harness(backends=3, extra="retries = 1")
+        client = h.client()
+        client.send(GET)
+        h.refuse()
+        h.refuse()
+        self.assertEqual(h.pending_connects(), [])
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+
+    def test_no_backend_503(self) -> None:
+        """With no healthy backend the answer is 503 with Retry-After, at once."""
+        h = Harness()
+        for b in h.registry.backends:
+            h.registry.set_healthy(b, False, "test")
+        client = h.client()
+        client.send(GET)
+        response = client.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 503 "), response)
+        self.assertIn(b"Retry-After: 2", header_lines(response))
+        self.assertEqual(h.pending_connects(), [])
+
+    def test_timeout_504(self) -> None:
+        """No answer within backend_timeout gives 504; the connection is dropped."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        h.reactor.advance(9.9)
+        self.assertEqual(client.received(), b"")
+        h.reactor.advance(0.2)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 504 "))
+        self.assertTrue(backend.transport.disconnected)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_backend_closes_before_answer_502(self) -> None:
+        """A fresh connection closed without an answer gives 502 and a failure."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        h.accept().close()
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertEqual(h.active(), [0, 0])
+        self.assertEqual(h.registry.backends[0].failures, 1)
+
+    def test_invalid_response_502(self) -> None:
+        """Garbage from a backend gives 502."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"NOT HTTP AT ALL\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertTrue(backend.transport.disconnected)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_backend_closes_mid_body_aborts_client(self) -> None:
+        """A truncated body never looks complete: the client connection is aborted."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        backend.close()
+        self.assertTrue(client.transport.disconnected)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_stale_keepalive_replayed(self) -> None:
+        """An idempotent request on a pooled connection the backend just
+        closed is replayed on a fresh connection."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        first = h.accept()
+        first.reply(OK)
+        client.transport.clear()
+        client.send(GET)
+        first.close()
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9001)])
+        h.accept().reply(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(h.registry.backends[0].failures, 0)
+
+
+class ClientGoneTests(SynchronousTestCase):
+    def test_client_leaves_mid_response(self) -> None:
+        """The client leaving mid-response aborts the backend and frees the lease."""
+        h = Harness()
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        client.channel.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(backend.transport.disconnected)
+        self.assertEqual(h.active(), [0, 0])
+        self.assertEqual(h.records[-1]["status"], 499)
+
+    def test_client_leaves_while_connecting(self) -> None:
+        """A client leaving before the backend connects frees the lease; the
+        connection that arrives later is pooled, not leaked."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        client.channel.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(h.active(), [0])
+        backend = h.accept()
+        self.assertEqual(backend.received(), b"")
+        self.assertEqual(h.proxy.pools[h.registry.backends[0]].idle, 1)
+
+    def test_reserved_paths_not_proxied(self) -> None:
+        """/api/ belongs to the stats app, not to a backend."""
+        h = Harness()
+        client = h.client()
+        client.send(b"GET /api/nothing HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(h.pending_connects(), [])
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 404"))
+
+
+class StreamingTests(SynchronousTestCase):
+    def test_upload_streams(self) -> None:
+        """A body is paused until the backend is connected, then streamed
+        as it arrives, before the request is complete."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+        self.assertEqual(client.transport.producerState, "paused")
+        backend = h.accept()
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(b"01234")
+        self.assertTrue(backend.received().endswith(b"\r\n\r\n01234"))
+        self.assertIn(b"Content-Length: 10\r\n", backend.received())
+        client.send(b"56789")
+        self.assertTrue(backend.received().endswith(b"0123456789"))
+        backend.reply(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 201 "))
+        self.assertEqual(h.active(), [0])
+
+    def test_chunked_upload(self) -> None:
+        """A chunked upload is re-chunked to the backend."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(
+            b"PUT /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        backend = h.accept()
+        client.send(b"3\r\nabc\r\n0\r\n\r\n")
+        sent = backend.received()
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", sent)
+        self.assertTrue(sent.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), sent)
+        backend.reply(OK)
+        self.assertTrue(client.received().endswith(b"hello"))
+
+    def test_early_response_waits_for_request(self) -> None:
+        """A backend answering before the upload ends is relayed once the
+        request is complete."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(client.received(), b"")
+        client.send(b"cd")
+        self.assertTrue(client.received().endswith(b"\r\n\r\nok"))
+        self.assertEqual(h.active(), [0])
+
+    def test_download_backpressure(self) -> None:
+        """A client that cannot keep up pauses the backend read."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx")
+        client.channel._channel.pauseProducing()
+        self.assertEqual(backend.transport.producerState, "paused")
+        client.channel._channel.resumeProducing()
+        self.assertEqual(backend.transport.producerState, "producing")
