@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -97,7 +97,7 @@ class HealthChecker(Service):
         url = f"http://{backend.address}{config.path}"
         d = self._client.get(url, headers={"User-Agent": ["txlb-health-check"]})
         d.addCallback(self._read)
-        d.addTimeout(config.timeout, self._clock)
+        d.addTimeout(config.timeout, self._clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(
             lambda status: judge(status, None, config.timeout),
             lambda failure: judge(None, _describe(failure), config.timeout),
@@ -132,7 +132,13 @@ class HealthChecker(Service):
                 )
 
 
+def _timed_out(result: object, timeout: float) -> Failure:
+    # Whatever the cancelled request failed with (treq wraps the
+    # CancelledError), a probe cut off by its timeout is a timeout.
+    return Failure(TimeoutError(timeout))
+
+
 def _describe(failure: Failure) -> str:
-    if failure.check(TimeoutError, CancelledError):
+    if failure.check(TimeoutError):
         return "timeout"
     return failure.getErrorMessage() or failure.type.__name__

@@ -1,0 +1,123 @@
+"""Tests for L{txlb.tap}: options, start-up errors and service wiring."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from unittest import mock
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txlb.httpproxy import ProxySite
+from txlb.tap import Options, makeService
+
+INI = """
+[txlb]
+listen = tcp:18080:interface=127.0.0.1, tcp:18081
+stats_listen = {stats}
+access_log = {log}
+
+[backend:a]
+address = 127.0.0.1:9001
+"""
+
+
+class OptionsTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+
+    def parse_failing(self, argv: list[str]) -> str:
+        stderr = io.StringIO()
+        with mock.patch("sys.stderr", stderr), self.assertRaises(SystemExit) as e:
+            Options().parseOptions(argv)
+        self.assertEqual(e.exception.code, 1)
+        return stderr.getvalue()
+
+    def test_loads_config(self) -> None:
+        """--config is read and validated when the options are parsed."""
+        path = self.write(INI.format(stats="", log=""))
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.config.listen[1], "tcp:18081")
+
+    def test_bad_config_one_line(self) -> None:
+        """A wrong key stops start-up with exactly one line on stderr."""
+        path = self.write("[txlb]\nlisten = tcp:1\nfoo = 1\n[backend:a]\naddress=h:1\n")
+        message = self.parse_failing(["--config", path])
+        self.assertEqual(message.count("\n"), 1)
+        self.assertIn(f"{path}: [txlb] foo: unknown key", message)
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint string that does not parse is reported before binding."""
+        path = self.write("[txlb]\nlisten = tpc:8080\n[backend:a]\naddress=h:1\n")
+        message = self.parse_failing(["--config", path])
+        self.assertIn("[txlb] listen: 'tpc:8080' is not a Twisted endpoint", message)
+
+    def test_missing_file(self) -> None:
+        """A config file that does not exist is reported with its path."""
+        message = self.parse_failing(["--config", "/nonexistent.ini"])
+        self.assertIn("/nonexistent.ini: cannot read the file", message)
+
+    def test_check(self) -> None:
+        """--check validates and exits 0."""
+        path = self.write(INI.format(stats="", log=""))
+        stdout = io.StringIO()
+        with mock.patch("sys.stdout", stdout), self.assertRaises(SystemExit) as e:
+            Options().parseOptions(["--config", path, "--check"])
+        self.assertEqual(e.exception.code, 0)
+        self.assertIn("configuration is valid", stdout.getvalue())
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def service(self, stats: str = "", log: str = "") -> MemoryReactorClock:
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(INI.format(stats=stats, log=log))
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return reactor
+
+    def test_listens_on_every_endpoint(self) -> None:
+        """Each listen endpoint gets the one proxy site; stats share it."""
+        reactor = self.service()
+        ports = [(port, factory) for port, factory, _, interface in reactor.tcpServers]
+        self.assertEqual([p for p, _ in ports], [18080, 18081])
+        self.assertIs(ports[0][1], ports[1][1])
+        site = ports[0][1]
+        assert isinstance(site, ProxySite)
+        self.assertTrue(site.reserved(b"/api/server-stats"))
+
+    def test_stats_listen(self) -> None:
+        """With stats_listen the stats app gets its own port and the proxy
+        reserves no paths."""
+        reactor = self.service(stats="tcp:19000")
+        self.assertEqual([s[0] for s in reactor.tcpServers], [18080, 18081, 19000])
+        site = reactor.tcpServers[0][1]
+        self.assertFalse(site.reserved(b"/api/server-stats"))
+
+    def test_health_checks_start(self) -> None:
+        """The health checker probes at start through the reactor."""
+        reactor = self.service()
+        self.assertEqual(
+            [(host, port) for host, port, *_ in reactor.tcpClients],
+            [("127.0.0.1", 9001)],
+        )
+
+    def test_unwritable_access_log(self) -> None:
+        """An access log that cannot be opened stops start-up with one line."""
+        stderr = io.StringIO()
+        with mock.patch("sys.stderr", stderr), self.assertRaises(SystemExit):
+            self.service(log="/nonexistent/dir/access.log")
+        self.assertIn("[txlb] access_log: cannot open", stderr.getvalue())
