@@ -1,0 +1,143 @@
+"""
+Fixtures that run real processes: demo backends and ``twistd -n txlb``.
+
+Every process is started on free loopback ports and stopped after its test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened:\n{log.read_text()}")
+
+
+class Processes:
+    """Starts processes and stops every one of them at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        log = self.directory / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        wait_for_port(port, proc, log)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop()
+
+
+class Backend:
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_demo/stats", timeout=5) as r:
+            return json.load(r)  # type: ignore[no-any-return]
+
+    def control(self, what: str, value: str) -> None:
+        request = urllib.request.Request(
+            f"{self.url}/_demo/{what}", data=value.encode(), method="PUT"
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+
+
+@pytest.fixture
+def demo_backend(processes: Processes) -> Callable[..., Backend]:
+    def start(name: str, delay: str = "0", capacity: int = 0) -> Backend:
+        port = free_port()
+        argv = [sys.executable, "-m", "backends", "--name", name, "--port", str(port)]
+        argv += ["--delay", delay, "--capacity", str(capacity)]
+        processes.start(name, argv, port)
+        return Backend(name, port)
+
+    return start
+
+
+class Balancer:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/api/server-stats", timeout=5) as r:
+            return json.load(r)  # type: ignore[no-any-return]
+
+    def peak_memory_mib(self) -> float:
+        """The process's peak resident memory (VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def balancer(processes: Processes, tmp_path: Path) -> Callable[..., Balancer]:
+    def start(
+        backends: list[tuple[str, int]], extra: str = "", health: str = ""
+    ) -> Balancer:
+        port = free_port()
+        ini = tmp_path / "lb.ini"
+        text = f"[txlb]\nlisten = tcp:{port}:interface=127.0.0.1\n{extra}\n"
+        text += f"[health]\n{health}\n"
+        for name, backend_port in backends:
+            text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n"
+        ini.write_text(text)
+        argv = [TWISTD, "-n", "--pidfile=", "txlb", "--config", str(ini)]
+        proc = processes.start("txlb", argv, port)
+        return Balancer(proc, port, tmp_path / "txlb.log")
+
+    return start
