@@ -1,0 +1,99 @@
+# txlb: build, test and demo.  GNU make.
+#
+#   make test     system packages, venv, lint, typecheck, unit tests, integration tests
+#   make demo     three demo backends and txlb on http://127.0.0.1:8080/ (Ctrl-C stops all)
+#   make venv     .venv with txlb installed (not editable) and the test tools
+#   make clean
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip
+
+# Playwright for Python drives Debian's /usr/bin/chromium: never fetch a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# What the installed copy of txlb is built from: a change to any of these
+# reinstalls it.
+SOURCES := $(shell find txlb backends web twisted/plugins \
+	-path web/vendor -prune -o -type f \( -name '*.py' -o -path 'web/*' \) -print 2>/dev/null)
+
+DEPS_STAMP := $(VENV)/.deps-stamp
+INSTALL_STAMP := $(VENV)/.txlb-stamp
+
+.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo clean
+
+all: test
+
+# Fails fast: each step runs only if the ones before it passed.
+test: system-deps venv lint typecheck unit pytest
+
+system-deps:
+	PY=$(PY) scripts/install-system-deps.sh
+
+# The dashboard's Chart.js, pinned by package-lock.json, copied into
+# web/vendor/.  A no-op until package.json and package-lock.json exist.
+ifneq ($(wildcard package.json),)
+ifneq ($(wildcard package-lock.json),)
+WEB_VENDOR := web/vendor/chart.umd.js
+
+# npm writes node_modules/.package-lock.json on every install.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+$(WEB_VENDOR): node_modules/.package-lock.json $(wildcard scripts/copy-vendor.js)
+	if [ -f scripts/copy-vendor.js ]; then \
+		node scripts/copy-vendor.js; \
+	else \
+		mkdir -p web/vendor && \
+		cp node_modules/chart.js/dist/chart.umd.js web/vendor/ && \
+		cp node_modules/chart.js/LICENSE.md web/vendor/chart.js-LICENSE.md; \
+	fi
+	touch $@
+else
+$(info make: package.json has no package-lock.json yet; web-vendor does nothing)
+endif
+endif
+
+web-vendor: $(WEB_VENDOR)
+
+venv: $(INSTALL_STAMP)
+
+# The venv and the third-party packages: redone when the requirements change.
+$(DEPS_STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	rm -rf build
+	$(PIP) install -q ".[test]" playwright
+	touch $@
+
+# txlb itself, reinstalled (not editable) whenever its sources change, so the
+# tests exercise what an installation has.  build/ is removed first so files
+# deleted from the tree do not linger in the wheel.
+$(INSTALL_STAMP): $(DEPS_STAMP) $(SOURCES) setup.cfg pyproject.toml $(WEB_VENDOR)
+	rm -rf build
+	$(PIP) install -q --no-deps --force-reinstall .
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy txlb backends
+
+unit: venv
+	$(BIN)/python -m twisted.trial tests
+
+pytest: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: system-deps venv
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info node_modules web/vendor \
+		_trial_temp* .pytest_cache .mypy_cache .ruff_cache .hypothesis test-output \
+		twisted/plugins/dropin.cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
