@@ -194,3 +194,62 @@ class FuzzTests(SynchronousTestCase):
             parse(f"[txlb]\n{key} = {value}\n[backend:a]\naddress = h:1\n")
         except ConfigError as e:
             self.assertIn(f"[txlb] {key}", str(e))
+
+
+class FailureHandlingKeysTests(SynchronousTestCase):
+    def test_health_outlier_and_retry_keys(self) -> None:
+        """[health], [outlier] and retry keys parse with their units."""
+        config = parse(
+            "[txlb]\nretry_budget = 25%\npanic_threshold = 50\n"
+            "[health]\nexpect_status = 200, 204-206, 3xx\nexpect_body = ok\n"
+            "slow_start = 30s\ninitial_state = unknown\n"
+            "[outlier]\nconsecutive_failures = 3\nbase_ejection_time = 10s\n"
+            "max_ejection_time = 1m\nmax_ejected_percent = 34\n"
+            "[backend:a]\naddress = h:1\n"
+        )
+        self.assertEqual((config.retry_budget, config.panic_threshold), (25, 50))
+        self.assertEqual(
+            config.health.expect_status, ((200, 200), (204, 206), (300, 399))
+        )
+        self.assertEqual(config.health.expect_body, "ok")
+        self.assertEqual(config.health.slow_start, 30.0)
+        self.assertEqual(config.health.initial_state, "unknown")
+        self.assertEqual(config.outlier.consecutive_failures, 3)
+        self.assertEqual(config.outlier.base_ejection_time, 10.0)
+        self.assertEqual(config.outlier.max_ejection_time, 60.0)
+        self.assertEqual(config.outlier.max_ejected_percent, 34)
+        self.assertEqual(config.backends[0].health, config.health)
+
+    def test_per_backend_health_overrides(self) -> None:
+        """health_* keys in a backend section override [health] for it alone,
+        whatever order the sections come in."""
+        config = parse(
+            "[backend:a]\naddress = h:1\nhealth_path = /ping\nhealth_fall = 5\n"
+            "[backend:b]\naddress = h:2\n"
+            "[health]\npath = /health\nfall = 2\ninterval = 3s\n"
+        )
+        a, b = config.backends
+        self.assertEqual(
+            (a.health.path, a.health.fall, a.health.interval), ("/ping", 5, 3.0)
+        )
+        self.assertEqual((b.health.path, b.health.fall), ("/health", 2))
+
+    def test_bad_new_values(self) -> None:
+        """Bad statuses, percentages and overrides are named with what is allowed."""
+        cases = {
+            "[health]\nexpect_status = 700\n": "[health] expect_status",
+            "[health]\ninitial_state = up\n": "healthy, unknown",
+            "[txlb]\nretry_budget = 120\n": "[txlb] retry_budget",
+            "[outlier]\nmax_ejected_percent = -1\n": "[outlier] max_ejected_percent",
+            "[outlier]\nejection = 1\n": "allowed: consecutive_failures",
+        }
+        for text, expected in cases.items():
+            with self.assertRaises(ConfigError) as caught:
+                parse(text + "[backend:a]\naddress = h:1\n", "f.ini")
+            self.assertIn(expected, str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            parse("[backend:a]\naddress = h:1\nhealth_timeout = 5s\n", "f.ini")
+        self.assertIn(
+            "[backend:a] health_timeout: timeout must not exceed interval",
+            str(caught.exception),
+        )

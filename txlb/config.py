@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HealthConfig",
+    "OutlierConfig",
     "load",
     "parse",
     "parse_duration",
@@ -31,6 +32,8 @@ T = TypeVar("T")
 MODES = ("http", "tcp")
 ALGORITHMS = ("least_conn", "round_robin")
 LOG_FORMATS = ("combined", "json")
+INITIAL_STATES = ("healthy", "unknown")
+_HEALTH_OVERRIDE = "health_"
 
 
 class ConfigError(Exception):
@@ -76,6 +79,20 @@ class HealthConfig:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)
+    expect_body: str = ""
+    slow_start: float = 0.0
+    initial_state: str = "healthy"
+
+
+@attrs.frozen
+class OutlierConfig:
+    """Passive checks: ejecting backends that fail real requests (``[outlier]``)."""
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejected_percent: int = 50
 
 
 @attrs.frozen
@@ -85,6 +102,7 @@ class BackendConfig:
     name: str
     address: Address
     weight: float = 1.0
+    health: HealthConfig = HealthConfig()
 
 
 @attrs.frozen
@@ -103,7 +121,12 @@ class Config:
     idle_pool_size: int = 64
     access_log: str = ""
     access_log_format: str = "combined"
+    admin_token_file: str = ""
+    events_rate: float = 2.0
+    retry_budget: int = 20
+    panic_threshold: int = 0
     health: HealthConfig = HealthConfig()
+    outlier: OutlierConfig = OutlierConfig()
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
@@ -152,6 +175,37 @@ def _weight(text: str) -> float:
     if not (0 < value <= 1000):
         raise ValueError(text)
     return value
+
+
+def _events_rate(text: str) -> float:
+    value = float(text.strip())
+    if not (0 < value <= 20):
+        raise ValueError(text)
+    return value
+
+
+def _percent(text: str) -> int:
+    value = int(text.strip().removesuffix("%"))
+    if not 0 <= value <= 100:
+        raise ValueError(text)
+    return value
+
+
+def _statuses(text: str) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if len(item) == 3 and item.endswith("xx") and item[0] in "12345":
+            low = int(item[0]) * 100
+            ranges.append((low, low + 99))
+            continue
+        low_text, _, high_text = item.partition("-")
+        low = int(low_text)
+        high = int(high_text) if high_text else low
+        if not 100 <= low <= high <= 599:
+            raise ValueError(text)
+        ranges.append((low, high))
+    return tuple(ranges)
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -207,6 +261,16 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "idle_pool_size": (_count, "a whole number, 0 or more"),
     "access_log": (_text, "empty (off), - for standard output, or a file path"),
     "access_log_format": (_choice(LOG_FORMATS), "one of " + ", ".join(LOG_FORMATS)),
+    "retry_budget": (_percent, "a percentage of live requests, 0 to 100"),
+    "panic_threshold": (_percent, "a percentage of healthy backends, 0 (off) to 100"),
+    "admin_token_file": (
+        _text,
+        "empty (admin actions off) or the path of a file holding the admin token",
+    ),
+    "events_rate": (
+        _events_rate,
+        "server-sent events per second on /api/events, above 0 and at most 20",
+    ),
 }
 _HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "path": (_path, "an absolute path such as /health"),
@@ -214,10 +278,26 @@ _HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "rise": (_positive_count, "a whole number, 1 or more"),
     "fall": (_positive_count, "a whole number, 1 or more"),
+    "expect_status": (_statuses, "codes or ranges, e.g. 200-399, 200,204 or 2xx"),
+    "expect_body": (_text, "text the probe's answer must contain (empty: any)"),
+    "slow_start": (_duration, "0 (off) or " + _DURATION_HELP),
+    "initial_state": (_choice(INITIAL_STATES), "one of " + ", ".join(INITIAL_STATES)),
+}
+_OUTLIER_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
+    "consecutive_failures": (_count, "a whole number, 0 (off) or more"),
+    "base_ejection_time": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "max_ejection_time": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "max_ejected_percent": (_percent, "a percentage of backends, 0 to 100"),
 }
 _BACKEND_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "address": (_address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"),
     "weight": (_weight, "a number above 0 and at most 1000"),
+    # Per-backend overrides of the [health] keys.
+    **{
+        _HEALTH_OVERRIDE + key: value
+        for key, value in _HEALTH_KEYS.items()
+        if key != "initial_state"
+    },
 }
 _BACKEND_PREFIX = "backend:"
 
@@ -271,37 +351,51 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
 
     top: dict[str, object] = {}
     health: dict[str, object] = {}
-    backends: list[BackendConfig] = []
-    seen_addresses: dict[Address, str] = {}
+    outlier: dict[str, object] = {}
+    backend_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
         items = dict(parser.items(name))
         if name == "txlb":
             top = _section(filename, name, items, _TXLB_KEYS)
         elif name == "health":
             health = _section(filename, name, items, _HEALTH_KEYS)
+        elif name == "outlier":
+            outlier = _section(filename, name, items, _OUTLIER_KEYS)
         elif name.startswith(_BACKEND_PREFIX):
-            backends.append(_backend(filename, name, items, seen_addresses))
+            backend_sections.append((name, items))
         else:
             raise ConfigError(
                 filename,
-                "unknown section; allowed: [txlb], [health], [backend:NAME]",
+                "unknown section; allowed: [txlb], [health], [outlier], [backend:NAME]",
                 name,
             )
-    if not backends:
+    if not backend_sections:
         raise ConfigError(
             filename, "no backends; add at least one [backend:NAME] with an address"
         )
     health_config = HealthConfig(**health)  # type: ignore[arg-type]
-    if health_config.timeout > health_config.interval:
-        raise ConfigError(
-            filename, "timeout must not exceed interval", "health", "timeout"
-        )
+    _check_health(filename, "health", "", health_config)
+    seen_addresses: dict[Address, str] = {}
+    backends = [
+        _backend(filename, name, items, seen_addresses, health_config)
+        for name, items in backend_sections
+    ]
     return Config(
         filename=filename,
         backends=tuple(backends),
         health=health_config,
+        outlier=OutlierConfig(**outlier),  # type: ignore[arg-type]
         **top,  # type: ignore[arg-type]
     )
+
+
+def _check_health(
+    filename: str, section: str, prefix: str, health: HealthConfig
+) -> None:
+    if health.timeout > health.interval:
+        raise ConfigError(
+            filename, "timeout must not exceed interval", section, prefix + "timeout"
+        )
 
 
 def _backend(
@@ -309,6 +403,7 @@ def _backend(
     section: str,
     items: Mapping[str, str],
     seen: dict[Address, str],
+    health: HealthConfig,
 ) -> BackendConfig:
     name = section[len(_BACKEND_PREFIX) :].strip()
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -335,7 +430,15 @@ def _backend(
             "address",
         )
     seen[address] = name
-    return BackendConfig(name=name, **values)  # type: ignore[arg-type]
+    overrides = {
+        key[len(_HEALTH_OVERRIDE) :]: values.pop(key)
+        for key in list(values)
+        if key.startswith(_HEALTH_OVERRIDE)
+    }
+    if overrides:
+        health = attrs.evolve(health, **overrides)  # type: ignore[arg-type]
+        _check_health(filename, section, _HEALTH_OVERRIDE, health)
+    return BackendConfig(name=name, health=health, **values)  # type: ignore[arg-type]
 
 
 def load(path: str) -> Config:
