@@ -253,3 +253,30 @@ class FailureHandlingKeysTests(SynchronousTestCase):
             "[backend:a] health_timeout: timeout must not exceed interval",
             str(caught.exception),
         )
+
+
+class TrustedProxiesConfigTests(SynchronousTestCase):
+    def test_default_trusts_nobody(self) -> None:
+        """Without trusted_proxies no address is trusted."""
+        self.assertEqual(parse("[backend:a]\naddress = h:1\n").trusted_proxies, ())
+
+    def test_addresses_and_networks(self) -> None:
+        """Addresses become one-host networks; host bits of a CIDR are ignored."""
+        config = parse(
+            "[txlb]\ntrusted_proxies = 127.0.0.1, 10.1.2.3/8 ,, ::1, fd00::/8\n"
+            "[backend:a]\naddress = h:1\n"
+        )
+        self.assertEqual(
+            [str(n) for n in config.trusted_proxies],
+            ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"],
+        )
+
+    def test_bad_entry(self) -> None:
+        """A name or bad prefix is refused with what is allowed."""
+        for value in ("nginx", "10.0.0.0/33", "127.0.0.1 10.0.0.1"):
+            with self.assertRaises(ConfigError) as caught:
+                parse(
+                    f"[txlb]\ntrusted_proxies = {value}\n[backend:a]\naddress = h:1\n"
+                )
+            self.assertIn("[txlb] trusted_proxies", str(caught.exception))
+            self.assertIn("comma list of addresses and networks", str(caught.exception))

@@ -9,6 +9,7 @@ key and what is allowed.  Nothing here touches the network or the reactor.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -21,6 +22,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HealthConfig",
+    "Network",
     "OutlierConfig",
     "load",
     "parse",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MODES = ("http", "tcp")
 ALGORITHMS = ("least_conn", "round_robin")
@@ -123,6 +127,7 @@ class Config:
     access_log_format: str = "combined"
     admin_token_file: str = ""
     events_rate: float = 2.0
+    trusted_proxies: tuple[Network, ...] = ()
     retry_budget: int = 20
     panic_threshold: int = 0
     health: HealthConfig = HealthConfig()
@@ -236,6 +241,16 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _networks(text: str) -> tuple[Network, ...]:
+    """A comma list of IP addresses and CIDR networks; empty is none."""
+    networks: list[Network] = []
+    for item in text.split(","):
+        if item.strip():
+            # strict=False: 10.1.2.3/8 means 10.0.0.0/8, as in nginx and HAProxy.
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+    return tuple(networks)
+
+
 def _address(text: str) -> Address:
     value = text.strip()
     if value.startswith("["):
@@ -270,6 +285,11 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "events_rate": (
         _events_rate,
         "server-sent events per second on /api/events, above 0 and at most 20",
+    ),
+    "trusted_proxies": (
+        _networks,
+        "empty (trust no one) or a comma list of addresses and networks whose"
+        " X-Forwarded-For is believed, e.g. 127.0.0.1, 10.0.0.0/8, ::1",
     ),
 }
 _HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {

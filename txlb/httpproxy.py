@@ -23,7 +23,13 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from txlb.config import Config
-from txlb.headers import HOP_BY_HOP, connection_tokens, request_head
+from txlb.headers import (
+    HOP_BY_HOP,
+    TrustedProxies,
+    connection_tokens,
+    forwarded_chain,
+    request_head,
+)
 from txlb.registry import Backend, Lease, Registry
 from txlb.upstream import BackendConnection, BackendPool, _Connect
 
@@ -65,6 +71,10 @@ class HTTPProxy:
         self.retries = config.retries
         self.retry_after = b"%d" % max(1, math.ceil(config.health.interval))
         self.access_log = access_log
+        # None when no proxy is trusted: then nobody's X-Forwarded-* is.
+        self.trusted_proxies = (
+            TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
+        )
         self.pools: dict[Backend, BackendPool] = {
             b: BackendPool(
                 reactor, b.address, config.connect_timeout, config.idle_pool_size
@@ -217,7 +227,10 @@ class _Exchange:
             request.channel.transport.pauseProducing()
         headers = request.requestHeaders
         connection = headers.getRawHeaders(b"connection")
-        address = request.getClientAddress()
+        peer = getattr(request.getClientAddress(), "host", "")
+        trusted = self.proxy.trusted_proxies
+        if trusted is not None and peer not in trusted:
+            trusted = None
         default_host = b""
         if not headers.hasHeader(b"host"):
             default_host = str(request.getHost().host).encode("ascii")
@@ -225,11 +238,12 @@ class _Exchange:
             method,
             uri,
             headers.getAllRawHeaders(),
-            getattr(address, "host", "").encode("ascii"),
+            peer.encode("ascii"),
             b"https" if request.isSecure() else b"http",
             body_length,
             default_host,
             connection_tokens(connection) if connection else _EMPTY,
+            trusted,
         )
         self._pick()
 
@@ -491,11 +505,16 @@ class _Exchange:
     ) -> None:
         request = self.request
         now = self.proxy.clock.seconds()
-        address = request.getClientAddress()
+        client = getattr(request.getClientAddress(), "host", "-")
+        trusted = self.proxy.trusted_proxies
+        if trusted is not None and client in trusted:
+            # Behind a trusted proxy the client is the one it names.
+            chain = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+            client = forwarded_chain(chain, b"", trusted)[0].decode("latin-1") or client
         log(
             {
                 "time": now,
-                "client": getattr(address, "host", "-"),
+                "client": client,
                 "method": self.method.decode("latin-1"),
                 "uri": self.uri.decode("latin-1"),
                 "protocol": (request.clientproto or b"HTTP/1.1").decode("latin-1"),
