@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txlb.config import Address, BackendConfig
+from txlb.decisions import DecisionLog
 from txlb.policy import POLICIES, Policy
 
 __all__ = ["Backend", "Lease", "Registry"]
@@ -26,11 +27,12 @@ __all__ = ["Backend", "Lease", "Registry"]
 
 @attrs.define(eq=False)
 class Transition:
-    """A change of a backend's health, kept for the stats and dashboard."""
+    """A change of a backend's health or state, kept for the stats and dashboard."""
 
     time: float
     healthy: bool
     reason: str
+    state: str = "healthy"
 
 
 @attrs.define(eq=False)
@@ -45,10 +47,13 @@ class Backend:
     total_requests: int = 0
     failures: int = 0
     vtime: float = 0.0
+    draining: bool = False
     history: list[Transition] = attrs.field(factory=list)
 
     @property
     def state(self) -> str:
+        if self.draining:
+            return "draining"
         return "healthy" if self.healthy else "unhealthy"
 
 
@@ -88,6 +93,7 @@ class Lease:
 
 
 _HISTORY_LENGTH = 50
+MAX_WEIGHT = 1000.0
 
 
 class Registry:
@@ -114,6 +120,8 @@ class Registry:
         self._by_name = {b.name: b for b in self.backends}
         self._available: list[Backend] = list(self.backends)
         self._vclock = 0.0
+        self.picks = 0
+        self.decisions = DecisionLog(algorithm)
         now = clock.seconds()
         for b in self.backends:
             b.history.append(Transition(now, True, "configured"))
@@ -131,7 +139,14 @@ class Registry:
             candidates = [b for b in candidates if b not in exclude]
         if not candidates:
             return None
-        backend = candidates[self._policy(candidates)]
+        index = self._policy(candidates)
+        backend = candidates[index]
+        self.picks += 1
+        decisions = self.decisions
+        now = self._clock.seconds()
+        if now >= decisions.next_due:
+            # Sampled (at most DecisionLog.rate per second): O(1) otherwise.
+            decisions.record(now, self.picks, candidates, index, exclude)
         start = max(self._vclock, backend.vtime)
         self._vclock = start
         backend.vtime = start + 1.0 / backend.weight
@@ -152,10 +167,38 @@ class Registry:
         if backend.healthy == healthy:
             return
         backend.healthy = healthy
+        self._changed(backend, reason)
+
+    def set_draining(self, backend: Backend, draining: bool, reason: str) -> None:
+        """
+        Drain a backend (no new requests; those in flight finish) or put it
+        back in rotation, recording why.
+        """
+        if backend.draining == draining:
+            return
+        backend.draining = draining
+        self._changed(backend, reason)
+
+    def set_weight(self, backend: Backend, weight: float, reason: str) -> None:
+        """
+        Change a backend's weight, recording why.
+
+        @raise ValueError: unless 0 < C{weight} <= L{MAX_WEIGHT}.
+        """
+        if not 0 < weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be above 0 and at most {MAX_WEIGHT:g}")
+        if backend.weight == weight:
+            return
+        old, backend.weight = backend.weight, weight
+        self._changed(backend, f"weight {old:g} -> {weight:g}: {reason}")
+
+    def _changed(self, backend: Backend, reason: str) -> None:
         history = backend.history
-        history.append(Transition(self._clock.seconds(), healthy, reason))
+        history.append(
+            Transition(self._clock.seconds(), backend.healthy, reason, backend.state)
+        )
         del history[:-_HISTORY_LENGTH]
-        self._available = [b for b in self.backends if b.healthy]
+        self._available = [b for b in self.backends if b.healthy and not b.draining]
         self.log.info(
             "backend {backend} is {state}: {reason}",
             backend=backend.name,
@@ -178,7 +221,12 @@ class Registry:
                 "failures": b.failures,
                 "weight": b.weight,
                 "history": [
-                    {"time": t.time, "healthy": t.healthy, "reason": t.reason}
+                    {
+                        "time": t.time,
+                        "healthy": t.healthy,
+                        "state": t.state,
+                        "reason": t.reason,
+                    }
                     for t in b.history
                 ],
             }

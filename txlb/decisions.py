@@ -1,0 +1,160 @@
+"""
+A bounded log of balancing decisions, for the "why this backend?" view.
+
+The registry calls L{DecisionLog.record} from C{acquire}, at most L{RATE}
+times a second: a request that is not sampled costs one comparison, and a
+sampled one copies the candidates' counters into a tuple appended to a
+fixed-size deque.  Words and JSON are made only when the API is read, by
+L{DecisionLog.describe}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Container, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from txlb.registry import Backend
+
+__all__ = ["RATE", "SIZE", "DecisionLog"]
+
+SIZE = 300
+"""How many decisions are kept."""
+
+RATE = 50.0
+"""At most this many decisions are recorded per second; below it, all are."""
+
+_SHOWN = 12
+"""Candidates listed per decision (ranked by the policy); the rest are counted."""
+
+# (time, pick number, index of the winner, ((backend, active, weight, vtime), ...),
+#  backends excluded because this request already tried them)
+_Entry = tuple[
+    float,
+    int,
+    int,
+    tuple[tuple["Backend", int, float, float], ...],
+    tuple["Backend", ...],
+]
+
+
+class DecisionLog:
+    """
+    The last L{SIZE} sampled decisions.
+
+    @ivar next_due: the time before which C{record} need not be called.
+    @ivar algorithm: the policy's name, used to explain its choices.
+    """
+
+    def __init__(
+        self, algorithm: str = "least_conn", size: int = SIZE, rate: float = RATE
+    ) -> None:
+        self.algorithm = algorithm
+        self.next_due = 0.0
+        self._interval = 1.0 / rate
+        self._entries: deque[_Entry] = deque(maxlen=size)
+
+    def record(
+        self,
+        now: float,
+        pick: int,
+        candidates: Sequence[Backend],
+        index: int,
+        excluded: Container[Backend],
+    ) -> None:
+        """
+        Keep one decision, before the winner's counters change.
+
+        @param pick: the registry's running count of picks (this one included).
+        @param index: the winner's index in C{candidates}.
+        @param excluded: backends this request had already tried.
+        """
+        self.next_due = now + self._interval
+        self._entries.append(
+            (
+                now,
+                pick,
+                index,
+                tuple((b, b.active, b.weight, b.vtime) for b in candidates),
+                tuple(excluded) if excluded else (),  # type: ignore[arg-type]
+            )
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def describe(self, limit: int = SIZE) -> list[dict[str, Any]]:
+        """
+        The newest C{limit} decisions as plain data, newest first, each with
+        its candidates ranked the way the policy ranked them.
+        """
+        entries = list(self._entries)[-limit:] if limit > 0 else []
+        entries.reverse()
+        return [self._describe(entry) for entry in entries]
+
+    def _describe(self, entry: _Entry) -> dict[str, Any]:
+        now, pick, index, candidates, excluded = entry
+        by_load = self.algorithm == "least_conn"
+
+        def rank(
+            item: tuple[int, tuple[Backend, int, float, float]],
+        ) -> tuple[float, float, int]:
+            i, (_, active, weight, vtime) = item
+            return (active / weight if by_load else 0.0, vtime, i)
+
+        ranked = sorted(enumerate(candidates), key=rank)
+        winner = candidates[index]
+        best_load = winner[1] / winner[2]
+        if by_load:
+            tied = [c for c in candidates if c[1] / c[2] == best_load]
+        else:
+            tied = list(candidates)
+        shown = []
+        for i, (backend, active, weight, vtime) in ranked[:_SHOWN]:
+            shown.append(
+                {
+                    "name": backend.name,
+                    "active": active,
+                    "weight": weight,
+                    "load": active / weight,
+                    "vtime": vtime,
+                    "winner": i == index,
+                    "tied": by_load and active / weight == best_load and len(tied) > 1,
+                }
+            )
+        return {
+            "time": now,
+            "pick": pick,
+            "algorithm": self.algorithm,
+            "winner": winner[0].name,
+            "reason": _reason(self.algorithm, winner, tied, len(candidates)),
+            "tie": [c[0].name for c in tied] if by_load and len(tied) > 1 else [],
+            "candidates": shown,
+            "candidates_total": len(candidates),
+            "excluded": [b.name for b in excluded],
+        }
+
+
+def _reason(
+    algorithm: str,
+    winner: tuple[Backend, int, float, float],
+    tied: list[tuple[Backend, int, float, float]],
+    total: int,
+) -> str:
+    name, active, weight = winner[0].name, winner[1], winner[2]
+    load = f"{active} active / weight {weight:g} = {active / weight:.3g}"
+    if total == 1:
+        return f"{name} was the only backend available ({load})"
+    if algorithm != "least_conn":
+        return (
+            f"{name} had the smallest virtual time ({winner[3]:.3g}) of {total};"
+            " round robin ignores load"
+        )
+    if len(tied) == 1:
+        return f"{name} had the lowest load of {total}: {load}"
+    return (
+        f"{len(tied)} of {total} tied at the lowest load ({active / weight:.3g});"
+        f" {name} won the tie with the smallest virtual time ({winner[3]:.3g}),"
+        " i.e. it was served least recently for its weight"
+    )
