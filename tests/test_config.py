@@ -280,3 +280,67 @@ class TrustedProxiesConfigTests(SynchronousTestCase):
                 )
             self.assertIn("[txlb] trusted_proxies", str(caught.exception))
             self.assertIn("comma list of addresses and networks", str(caught.exception))
+
+
+class TCPModeKeysTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """idle_timeout defaults to 10 minutes and proxy_protocol to none."""
+        config = parse("[backend:a]\naddress = h:1\n")
+        self.assertEqual(config.idle_timeout, 600.0)
+        self.assertEqual(config.backends[0].proxy_protocol, "none")
+
+    def test_tcp_mode_keys(self) -> None:
+        """mode = tcp with its stats endpoint, idle timeout and a PROXY
+        protocol version per backend."""
+        config = parse(
+            "[txlb]\nmode = tcp\nstats_listen = tcp:9000\nidle_timeout = 90s\n"
+            "[backend:a]\naddress = h:1\nproxy_protocol = v1\n"
+            "[backend:b]\naddress = h:2\nproxy_protocol = v2\n"
+            "[backend:c]\naddress = h:3\n"
+        )
+        self.assertEqual(config.mode, "tcp")
+        self.assertEqual(config.idle_timeout, 90.0)
+        self.assertEqual(
+            [b.proxy_protocol for b in config.backends], ["v1", "v2", "none"]
+        )
+
+    def test_idle_timeout_zero_is_never(self) -> None:
+        """idle_timeout = 0 is allowed (never); a bad value names the key."""
+        self.assertEqual(
+            parse("[txlb]\nidle_timeout = 0\n[backend:a]\naddress=h:1\n").idle_timeout,
+            0.0,
+        )
+        with self.assertRaises(ConfigError) as caught:
+            parse("[txlb]\nidle_timeout = soon\n[backend:a]\naddress=h:1\n", "f.ini")
+        self.assertIn(
+            "f.ini: [txlb] idle_timeout: 'soon' is not valid", str(caught.exception)
+        )
+
+    def test_bad_proxy_protocol(self) -> None:
+        """An unknown PROXY protocol version lists the allowed ones."""
+        with self.assertRaises(ConfigError) as caught:
+            parse(
+                "[txlb]\nmode = tcp\nstats_listen = tcp:9000\n"
+                "[backend:a]\naddress = h:1\nproxy_protocol = v3\n",
+                "f.ini",
+            )
+        message = str(caught.exception)
+        self.assertIn("[backend:a] proxy_protocol", message)
+        self.assertIn("none, v1, v2", message)
+
+    def test_tcp_mode_needs_stats_listen(self) -> None:
+        """In tcp mode listen carries raw TCP, so the stats app needs its own
+        endpoint; leaving it out is an error saying so."""
+        with self.assertRaises(ConfigError) as caught:
+            parse("[txlb]\nmode = tcp\n[backend:a]\naddress = h:1\n", "f.ini")
+        message = str(caught.exception)
+        self.assertIn("f.ini: [txlb] mode:", message)
+        self.assertIn("set stats_listen", message)
+
+    def test_proxy_protocol_needs_tcp_mode(self) -> None:
+        """proxy_protocol in HTTP mode is refused rather than ignored."""
+        with self.assertRaises(ConfigError) as caught:
+            parse("[backend:a]\naddress = h:1\nproxy_protocol = v1\n", "f.ini")
+        self.assertIn(
+            "f.ini: [backend:a] proxy_protocol: needs mode = tcp", str(caught.exception)
+        )

@@ -36,6 +36,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MODES = ("http", "tcp")
 ALGORITHMS = ("least_conn", "round_robin")
 LOG_FORMATS = ("combined", "json")
+PROXY_PROTOCOLS = ("none", "v1", "v2")
 INITIAL_STATES = ("healthy", "unknown")
 _HEALTH_OVERRIDE = "health_"
 
@@ -107,6 +108,7 @@ class BackendConfig:
     address: Address
     weight: float = 1.0
     health: HealthConfig = HealthConfig()
+    proxy_protocol: str = "none"
 
 
 @attrs.frozen
@@ -121,6 +123,7 @@ class Config:
     stats_listen: str = ""
     connect_timeout: float = 3.0
     backend_timeout: float = 30.0
+    idle_timeout: float = 600.0
     retries: int = 2
     idle_pool_size: int = 64
     access_log: str = ""
@@ -272,6 +275,11 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "stats_listen": (_text, "empty or a Twisted endpoint such as tcp:9000"),
     "connect_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "backend_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
+    "idle_timeout": (
+        _duration,
+        "0 (never) or " + _DURATION_HELP + "; closes a TCP-mode connection or"
+        " WebSocket with no byte either way for that long",
+    ),
     "retries": (_count, "a whole number, 0 or more"),
     "idle_pool_size": (_count, "a whole number, 0 or more"),
     "access_log": (_text, "empty (off), - for standard output, or a file path"),
@@ -312,6 +320,10 @@ _OUTLIER_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
 _BACKEND_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "address": (_address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"),
     "weight": (_weight, "a number above 0 and at most 1000"),
+    "proxy_protocol": (
+        _choice(PROXY_PROTOCOLS),
+        "one of " + ", ".join(PROXY_PROTOCOLS) + " (PROXY protocol header, tcp mode)",
+    ),
     # Per-backend overrides of the [health] keys.
     **{
         _HEALTH_OVERRIDE + key: value
@@ -400,13 +412,36 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         _backend(filename, name, items, seen_addresses, health_config)
         for name, items in backend_sections
     ]
-    return Config(
+    config = Config(
         filename=filename,
         backends=tuple(backends),
         health=health_config,
         outlier=OutlierConfig(**outlier),  # type: ignore[arg-type]
         **top,  # type: ignore[arg-type]
     )
+    _check_mode(config)
+    return config
+
+
+def _check_mode(config: Config) -> None:
+    """The keys that only make sense in one mode."""
+    if config.mode == "tcp" and not config.stats_listen:
+        raise ConfigError(
+            config.filename,
+            "tcp carries raw TCP on listen, so the stats API and dashboard need"
+            " their own endpoint: set stats_listen, e.g. tcp:9000:interface=127.0.0.1",
+            "txlb",
+            "mode",
+        )
+    if config.mode != "tcp":
+        for backend in config.backends:
+            if backend.proxy_protocol != "none":
+                raise ConfigError(
+                    config.filename,
+                    "needs mode = tcp (HTTP mode sends X-Forwarded-For instead)",
+                    f"{_BACKEND_PREFIX}{backend.name}",
+                    "proxy_protocol",
+                )
 
 
 def _check_health(

@@ -1,0 +1,329 @@
+"""
+TCP mode: every client connection is relayed to the healthy backend with
+the fewest active connections, and counts on it until the relay ends.
+
+The client is paused from the moment it connects until a backend
+connection is up, so nothing piles up meanwhile.  A backend that refuses,
+fails or does not connect within C{connect_timeout} is counted as failed
+and the next one is tried (at most C{retries} more), never one already
+tried for this client.  Once connected, an optional PROXY protocol header
+goes first, then L{txlb.tunnel.Relay} carries the bytes both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.error import NotConnectingError
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IDelayedCall,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import ClientFactory, Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txlb import proxyproto
+from txlb.config import Config
+from txlb.registry import Backend, Lease, Registry
+from txlb.tunnel import Relay, Side
+
+__all__ = ["TCPProxy", "TCPProxyFactory"]
+
+
+class TCPProxy:
+    """
+    What every TCP-mode connection shares: the registry, the reactor, the
+    timeouts and each backend's PROXY protocol setting.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        config: Config,
+        observe: Callable[[Backend, int, float], None] | None = None,
+    ) -> None:
+        """
+        @param observe: called with (backend, status, seconds) when a
+            connection to a backend ends: status 200 with the time it was
+            relayed, or 502 with the time a failed connection attempt took.
+        """
+        self.registry = registry
+        self.reactor = reactor
+        self.clock = clock
+        self.observe = observe
+        self.connect_timeout = config.connect_timeout
+        self.idle_timeout = config.idle_timeout
+        self.retries = config.retries
+        by_name = {b.name: b.proxy_protocol for b in config.backends}
+        self.proxy_protocol: dict[Backend, str] = {
+            b: by_name.get(b.name, "none") for b in registry.backends
+        }
+
+
+class TCPProxyFactory(Factory):
+    """Builds a L{_Client} for each accepted connection."""
+
+    noisy = False
+
+    def __init__(self, proxy: TCPProxy) -> None:
+        self.proxy = proxy
+
+    def buildProtocol(self, addr: IAddress | None) -> _Client:
+        return _Client(self.proxy)
+
+
+class _Client(Side):
+    """
+    The accepted client connection: paused while a backend is chosen and
+    connected, then one side of a relay.
+    """
+
+    log = Logger()
+
+    def __init__(self, proxy: TCPProxy) -> None:
+        self.proxy = proxy
+        self.tried: list[Backend] = []
+        self.lease: Lease | None = None
+        self.attempt: _Attempt | None = None
+        self.early: list[bytes] = []
+        self.started = 0.0
+
+    def connectionMade(self) -> None:
+        # Nothing is read from the client until it has somewhere to go.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        self._pick()
+
+    # --- before the relay: events while connecting ------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is None:
+            # A transport may deliver what it had read before the pause took
+            # effect: at most one read, kept for the backend.
+            self.early.append(data)
+        else:
+            self.relay.received(self, data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is None:
+            # Its request may be complete already: pass the end on after
+            # connecting (see Relay.join).
+            self.reading = False
+        else:
+            self.relay.read_ended(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.relay is not None:
+            self.relay.lost(self, reason)
+            return
+        if self.gone:
+            return
+        self.gone = True
+        self.reading = False
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            attempt.abandon()
+        self._release(failed=False, status=None)
+
+    # --- choosing and connecting --------------------------------------------------
+
+    def _pick(self) -> None:
+        proxy = self.proxy
+        lease = proxy.registry.acquire(self.tried)
+        if lease is None:
+            self.log.warn(
+                "no backend for client {client}: {why}",
+                client=_peer(self),
+                why="every backend tried failed" if self.tried else "none available",
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.lease = lease
+        backend = lease.backend
+        self.tried.append(backend)
+        self.started = proxy.clock.seconds()
+        attempt = _Attempt(self, backend)
+        self.attempt = attempt
+        connector = proxy.reactor.connectTCP(
+            backend.address.host,
+            backend.address.port,
+            attempt,
+            # A backstop: the attempt's own timer (on the injected clock)
+            # normally ends it first.
+            timeout=proxy.connect_timeout + 1,
+        )
+        attempt.start(connector, proxy.clock, proxy.connect_timeout)
+
+    def attempt_failed(self, why: str) -> None:
+        """The backend could not be reached: try the next, or give up."""
+        self.attempt = None
+        lease = self.lease
+        assert lease is not None
+        self.log.warn(
+            "backend {backend} unreachable for client {client}: {why}",
+            backend=lease.backend.name,
+            client=_peer(self),
+            why=why,
+        )
+        self._release(failed=True, status=502)
+        if len(self.tried) <= self.proxy.retries:
+            self._pick()
+        else:
+            self.log.warn(
+                "client {client} closed: {n} backends failed",
+                client=_peer(self),
+                n=len(self.tried),
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def backend_connected(self, backend: _BackendSide) -> None:
+        """The backend connection is up: greet it and start relaying."""
+        self.attempt = None
+        lease = self.lease
+        assert lease is not None and backend.transport is not None
+        proxy = self.proxy
+        version = proxy.proxy_protocol.get(lease.backend, "none")
+        if version != "none":
+            backend.transport.write(
+                proxyproto.header(
+                    version,
+                    self.transport.getPeer(),  # type: ignore[union-attr]
+                    self.transport.getHost(),  # type: ignore[union-attr]
+                )
+            )
+        early, self.early = self.early, []
+        for data in early:
+            backend.transport.write(data)
+        self.started = proxy.clock.seconds()
+        relay = Relay(
+            proxy.clock,
+            proxy.idle_timeout,
+            self._ended,
+            label=f"{_peer(self)} <-> {lease.backend.name}",
+        )
+        relay.bytes_up = sum(map(len, early))
+        relay.join(self, backend)
+
+    def _ended(self, relay: Relay, why: str) -> None:
+        self.log.debug(
+            "{label}: closed ({why}); {up} bytes up, {down} down",
+            label=relay.label,
+            why=why,
+            up=relay.bytes_up,
+            down=relay.bytes_down,
+        )
+        self._release(failed=False, status=200)
+
+    def _release(self, failed: bool, status: int | None) -> None:
+        """
+        Give the lease back, once.
+
+        @param status: what to tell C{observe}, or L{None} for nothing (the
+            client left before its backend connection was up).
+        """
+        lease, self.lease = self.lease, None
+        if lease is None or not lease.release(failed=failed):
+            return
+        observe = self.proxy.observe
+        if observe is not None and status is not None:
+            observe(lease.backend, status, self.proxy.clock.seconds() - self.started)
+
+
+class _BackendSide(Side):
+    """The connection to the backend; tells its attempt when it is up."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self.attempt = attempt
+
+    def connectionMade(self) -> None:
+        # Paused until the relay starts.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        self.attempt.made(self)
+
+
+class _Attempt(ClientFactory):
+    """
+    One connection attempt to one backend for one client, with its own
+    timeout.  Whatever happens, the client hears of it at most once; a
+    connection that arrives after the client stopped waiting is dropped.
+    """
+
+    noisy = False
+
+    def __init__(self, client: _Client, backend: Backend) -> None:
+        self.client: _Client | None = client
+        self.backend = backend
+        self.connector: IConnector | None = None
+        self.timer: IDelayedCall | None = None
+
+    def start(self, connector: IConnector, clock: IReactorTime, timeout: float) -> None:
+        self.connector = connector
+        if self.client is not None:
+            self.timer = clock.callLater(timeout, self._timed_out, timeout)
+
+    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
+        return _BackendSide(self)
+
+    def made(self, side: _BackendSide) -> None:
+        client = self._finish()
+        if client is None:
+            side.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            client.backend_connected(side)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        client = self._finish()
+        if client is not None:
+            client.attempt_failed(reason.getErrorMessage())
+
+    def abandon(self) -> None:
+        """The client left: stop connecting (a late connection is dropped)."""
+        self._finish()
+        self._stop_connecting()
+
+    def _timed_out(self, timeout: float) -> None:
+        self.timer = None
+        client = self._finish()
+        self._stop_connecting()
+        if client is not None:
+            client.attempt_failed(f"no connection within {timeout:g}s")
+
+    def _finish(self) -> _Client | None:
+        client, self.client = self.client, None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        return client
+
+    def _stop_connecting(self) -> None:
+        connector, self.connector = self.connector, None
+        if connector is not None:
+            try:
+                connector.stopConnecting()
+            except NotConnectingError:
+                pass
+
+
+def _peer(side: Side) -> str:
+    transport = side.transport
+    if transport is None:
+        return "?"
+    address = transport.getPeer()
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
