@@ -9,9 +9,11 @@ from unittest import mock
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 
 from txlb.httpproxy import ProxySite
 from txlb.tap import Options, makeService
+from txlb.tcpproxy import TCPProxyFactory
 
 INI = """
 [txlb]
@@ -121,3 +123,32 @@ class MakeServiceTests(SynchronousTestCase):
         with mock.patch("sys.stderr", stderr), self.assertRaises(SystemExit):
             self.service(log="/nonexistent/dir/access.log")
         self.assertIn("[txlb] access_log: cannot open", stderr.getvalue())
+
+
+class TCPModeServiceTests(SynchronousTestCase):
+    def test_tcp_mode(self) -> None:
+        """mode = tcp puts the TCP relay factory on every listen endpoint and
+        the stats app (a plain site) on stats_listen, over one registry."""
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                "[txlb]\nmode = tcp\nlisten = tcp:18080, tcp:18081\n"
+                "stats_listen = tcp:19000\n[backend:a]\naddress = 127.0.0.1:9001\n"
+            )
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
+        self.assertEqual(sorted(ports), [18080, 18081, 19000])
+        self.assertIsInstance(ports[18080], TCPProxyFactory)
+        self.assertIs(ports[18080], ports[18081])
+        self.assertIsInstance(ports[19000], Site)
+        self.assertNotIsInstance(ports[19000], ProxySite)
+        relay = ports[18080]
+        assert isinstance(relay, TCPProxyFactory)
+        self.assertEqual(relay.proxy.registry.backends[0].name, "a")

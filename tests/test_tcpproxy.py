@@ -69,14 +69,19 @@ class Harness:
         self.config = parse(text, "test.ini")
         self.registry = Registry(self.config.backends, self.reactor)
         self.observed: list[tuple[str, int]] = []
+        self.seconds: list[float] = []
         self.proxy = TCPProxy(
             self.registry,
             self.reactor,
             self.reactor,
             self.config,
-            lambda b, status, seconds: self.observed.append((b.name, status)),
+            self._observe,
         )
         self.factory = TCPProxyFactory(self.proxy)
+
+    def _observe(self, backend: Any, status: int, seconds: float) -> None:
+        self.observed.append((backend.name, status))
+        self.seconds.append(seconds)
 
     def client(self) -> Client:
         return Client(self.factory)
@@ -138,11 +143,22 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(h.active(), [1, 1, 1])
         clients[1].transport.loseConnection()
         self.assertEqual(h.active(), [1, 0, 1])
-        self.assertEqual(h.observed, [("b1", 200)])
         h.client()
         self.assertEqual(h.connects()[-1][1], 9002)
         self.assertEqual(h.active(), [1, 1, 1])
         self.assertTrue(backends[1].transport.disconnecting)
+
+    def test_connect_time_observed(self) -> None:
+        """The stats hear of each connection attempt: its backend, 200 and
+        the time it took to connect, or 502 and the time until it failed."""
+        h = Harness()
+        h.client()
+        h.reactor.advance(0.25)
+        ConnectionCompleter(h.reactor).failOnce()
+        h.reactor.advance(0.5)
+        h.accept()
+        self.assertEqual(h.observed, [("b0", 502), ("b1", 200)])
+        self.assertEqual(h.seconds, [0.25, 0.5])
 
     def test_early_data_kept(self) -> None:
         """Bytes a transport delivered before the pause took effect reach the
@@ -275,7 +291,6 @@ class CloseTests(SynchronousTestCase):
         self.assertTrue(client.transport.disconnecting)
         self.assertTrue(backend.transport.disconnecting)
         self.assertEqual(h.active(), [0, 0])
-        self.assertEqual(h.observed, [("b0", 200)])
 
     def test_backend_closes(self) -> None:
         """A backend that closes closes the client, and the lease is

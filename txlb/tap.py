@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 from typing import Any, ClassVar
 
+import prometheus_client
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -22,9 +24,18 @@ from txlb.config import Config, ConfigError, load
 from txlb.health import HealthChecker
 from txlb.httpproxy import HTTPProxy, ProxySite
 from txlb.registry import Registry
-from txlb.webapp import StatsApp
+from txlb.stats import Sampler
+from txlb.webapp import (
+    AdminTokenError,
+    StatsApp,
+    WebAssets,
+    find_web_root,
+    read_admin_token,
+)
 
 __all__ = ["Options", "makeService"]
+
+_log = Logger(namespace="txlb.tap")
 
 
 class Options(usage.Options):
@@ -121,10 +132,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             sys.exit(1)
         access_log.setServiceParent(top)
 
-    proxy = HTTPProxy(registry, reactor, reactor, config, access_log)
+    app = _stats_app(config, registry, reactor)
+    Sampler(app.stats, reactor).setServiceParent(top)
+    proxy = HTTPProxy(registry, reactor, reactor, config, access_log, app.observe)
     _ProxyCloser(proxy).setServiceParent(top)
 
-    stats = StatsApp(registry).resource()
+    stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
     site = ProxySite(proxy, stats, reserve=stats_endpoint is None, reactor=reactor)
     for endpoint in listen:
@@ -137,6 +150,31 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     )
     HealthChecker(registry, probes, reactor, config.health).setServiceParent(top)
     return top
+
+
+def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
+    """The stats app, with its files and admin token read now, at start-up."""
+    # Per-label "_created" series would double /metrics for no use here.
+    prometheus_client.disable_created_metrics()
+    admin_token = None
+    if config.admin_token_file:
+        try:
+            admin_token = read_admin_token(config.admin_token_file)
+        except AdminTokenError as e:
+            sys.stderr.write(f"txlb: {config.filename}: [txlb] admin_token_file: {e}\n")
+            sys.exit(1)
+    try:
+        assets = WebAssets.load(find_web_root())
+    except FileNotFoundError as e:
+        _log.warn("the dashboard is unavailable: {why}", why=str(e))
+        assets = WebAssets.empty()
+    return StatsApp(
+        registry,
+        reactor,
+        assets=assets,
+        admin_token=admin_token,
+        events_rate=config.events_rate,
+    )
 
 
 def _listen(endpoint: Any, factory: Any) -> StreamServerEndpointService:

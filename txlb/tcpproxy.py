@@ -53,9 +53,11 @@ class TCPProxy:
         observe: Callable[[Backend, int, float], None] | None = None,
     ) -> None:
         """
-        @param observe: called with (backend, status, seconds) when a
-            connection to a backend ends: status 200 with the time it was
-            relayed, or 502 with the time a failed connection attempt took.
+        @param observe: called with (backend, status, seconds) for each
+            connection attempt: 200 and the time it took to connect, or 502
+            and the time until it failed.  In TCP mode the stats' request
+            rate is thus the connection rate and their latency the connect
+            time.
         """
         self.registry = registry
         self.reactor = reactor
@@ -134,7 +136,7 @@ class _Client(Side):
         attempt, self.attempt = self.attempt, None
         if attempt is not None:
             attempt.abandon()
-        self._release(failed=False, status=None)
+        self._release(failed=False)
 
     # --- choosing and connecting --------------------------------------------------
 
@@ -176,7 +178,7 @@ class _Client(Side):
             client=_peer(self),
             why=why,
         )
-        self._release(failed=True, status=502)
+        self._release(failed=True)
         if len(self.tried) <= self.proxy.retries:
             self._pick()
         else:
@@ -205,7 +207,7 @@ class _Client(Side):
         early, self.early = self.early, []
         for data in early:
             backend.transport.write(data)
-        self.started = proxy.clock.seconds()
+        self._observe(lease.backend, 200)
         relay = Relay(
             proxy.clock,
             proxy.idle_timeout,
@@ -223,21 +225,18 @@ class _Client(Side):
             up=relay.bytes_up,
             down=relay.bytes_down,
         )
-        self._release(failed=False, status=200)
+        self._release(failed=False)
 
-    def _release(self, failed: bool, status: int | None) -> None:
-        """
-        Give the lease back, once.
-
-        @param status: what to tell C{observe}, or L{None} for nothing (the
-            client left before its backend connection was up).
-        """
+    def _release(self, failed: bool) -> None:
+        """Give the lease back, once."""
         lease, self.lease = self.lease, None
-        if lease is None or not lease.release(failed=failed):
-            return
+        if lease is not None and lease.release(failed=failed) and failed:
+            self._observe(lease.backend, 502)
+
+    def _observe(self, backend: Backend, status: int) -> None:
         observe = self.proxy.observe
-        if observe is not None and status is not None:
-            observe(lease.backend, status, self.proxy.clock.seconds() - self.started)
+        if observe is not None:
+            observe(backend, status, self.proxy.clock.seconds() - self.started)
 
 
 class _BackendSide(Side):
