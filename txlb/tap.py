@@ -25,6 +25,7 @@ from txlb.health import HealthChecker
 from txlb.httpproxy import HTTPProxy, ProxySite
 from txlb.registry import Registry
 from txlb.stats import Sampler
+from txlb.tcpproxy import TCPProxy, TCPProxyFactory
 from txlb.webapp import (
     AdminTokenError,
     StatsApp,
@@ -134,14 +135,21 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     app = _stats_app(config, registry, reactor)
     Sampler(app.stats, reactor).setServiceParent(top)
-    proxy = HTTPProxy(registry, reactor, reactor, config, access_log, app.observe)
-    _ProxyCloser(proxy).setServiceParent(top)
-
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
-    site = ProxySite(proxy, stats, reserve=stats_endpoint is None, reactor=reactor)
+    front: Any
+    if config.mode == "tcp":
+        # Raw TCP on every listen endpoint; the stats app is only on
+        # stats_listen, which the config requires in this mode.
+        front = TCPProxyFactory(
+            TCPProxy(registry, reactor, reactor, config, app.observe)
+        )
+    else:
+        proxy = HTTPProxy(registry, reactor, reactor, config, access_log, app.observe)
+        _ProxyCloser(proxy).setServiceParent(top)
+        front = ProxySite(proxy, stats, reserve=stats_endpoint is None, reactor=reactor)
     for endpoint in listen:
-        _listen(endpoint, site).setServiceParent(top)
+        _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
