@@ -6,7 +6,10 @@ One L{_Exchange} carries one client request to a backend and the response
 back.  Bodies stream both ways with back-pressure: a request with a body
 starts as soon as its head is in (the client is paused until the backend
 connection is up), and the backend connection is registered as the
-producer of the response so a slow client slows the backend read.  The
+producer of the response so a slow client slows the backend read.  An
+C{Upgrade} request (WebSocket) keeps its C{Upgrade} and C{Connection}
+headers; after the backend's C{101} the two connections are joined by the
+byte relay of L{txlb.tunnel}, and the lease is held until it closes.  The
 registry lease is released exactly once, however the exchange ends.
 """
 
@@ -31,6 +34,7 @@ from txlb.headers import (
     request_head,
 )
 from txlb.registry import Backend, Lease, Registry
+from txlb.tunnel import Relay, Side, adopt
 from txlb.upstream import BackendConnection, BackendPool, _Connect
 
 __all__ = ["HTTPProxy", "ProxyRequest", "ProxySite"]
@@ -68,6 +72,7 @@ class HTTPProxy:
         self.clock = clock
         self.connect_timeout = config.connect_timeout
         self.backend_timeout = config.backend_timeout
+        self.idle_timeout = config.idle_timeout
         self.retries = config.retries
         self.retry_after = b"%d" % max(1, math.ceil(config.health.interval))
         self.access_log = access_log
@@ -185,6 +190,7 @@ class _Exchange:
         "status",
         "timer",
         "tried",
+        "upgrade",
         "upstream_started",
         "uri",
     )
@@ -206,6 +212,7 @@ class _Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.upstream_started = 0.0
+        self.upgrade = b""
 
     # --- client side ----------------------------------------------------------
 
@@ -245,6 +252,21 @@ class _Exchange:
             connection_tokens(connection) if connection else _EMPTY,
             trusted,
         )
+        upgrade = headers.getRawHeaders(b"upgrade")
+        if (
+            upgrade
+            and body_length == 0
+            and connection
+            and b"upgrade" in connection_tokens(connection)
+            and request.clientproto == b"HTTP/1.1"
+        ):
+            # A protocol switch (WebSocket): the one case where hop-by-hop
+            # headers go on, so the backend can answer 101.
+            self.upgrade = upgrade[0]
+            self.head = (
+                self.head[:-2]
+                + b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade[0]
+            )
         self._pick()
 
     def client_body(self, data: bytes) -> None:
@@ -416,6 +438,65 @@ class _Exchange:
         else:
             self._error(502, b"the backend failed")
 
+    def upstream_upgraded(
+        self, reason: bytes, headers: list[tuple[bytes, bytes]], rest: bytes
+    ) -> None:
+        """
+        The backend switched protocols: send its 101 to the client, then
+        relay raw bytes both ways until either side closes.
+
+        The lease stays held, so the tunnel counts as an active connection
+        on its backend; the exchange ends (lease released once, access log
+        written with status 101) when the relay does.
+        """
+        conn, self.conn = self.conn, None
+        assert conn is not None and conn.transport is not None
+        if self.done or not self.upgrade:
+            conn.abort()
+            if not self.done:
+                self.log.warn(
+                    "backend {backend} switched protocols unasked",
+                    backend=self.lease.backend.name if self.lease else "?",
+                )
+                self._error(502, b"the backend failed")
+            return
+        self._cancel_timer()
+        self.done = self.responded = True
+        self.status = 101
+        proxy, lease = self.proxy, self.lease
+        if proxy.observe is not None and lease is not None:
+            proxy.observe(
+                lease.backend, 101, proxy.clock.seconds() - self.upstream_started
+            )
+        # Take the client's connection from twisted.web: no more timeouts,
+        # no more parsing, and it no longer produces for the HTTP channel.
+        channel = self.request.channel
+        channel.setTimeout(None)
+        early = b"".join(getattr(channel, "_dataBuffer", ()))
+        transport: Any = channel.transport
+        transport.unregisterProducer()
+        transport.write(_switching_head(reason, headers))
+        if rest:
+            transport.write(rest)
+        if early:
+            conn.transport.write(early)
+        client, backend = Side(), Side()
+        adopt(transport, client)
+        adopt(conn.transport, backend)
+        peer = getattr(self.request.getClientAddress(), "host", "?")
+        Relay(
+            proxy.clock,
+            proxy.idle_timeout,
+            self._tunnel_ended,
+            label=f"{self.upgrade.decode('latin-1')} {peer} <-> "
+            + (lease.backend.name if lease else "?"),
+        ).join(client, backend)
+
+    def _tunnel_ended(self, relay: Relay, why: str) -> None:
+        self.bytes_sent = relay.bytes_down
+        self.log.debug("{label}: closed ({why})", label=relay.label, why=why)
+        self._end(failed=False, status=101)
+
     def _timed_out(self) -> None:
         self.timer = None
         conn, self.conn = self.conn, None
@@ -487,7 +568,8 @@ class _Exchange:
         if lease is not None:
             lease.release(failed=failed)
             observe = self.proxy.observe
-            if observe is not None and self.upstream_started:
+            # A tunnel's (101) time to switch was observed when it switched.
+            if observe is not None and self.upstream_started and status != 101:
                 observe(
                     lease.backend,
                     status,
@@ -531,3 +613,25 @@ class _Exchange:
                 "total_time": now - self.started,
             }
         )
+
+
+def _switching_head(reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """
+    The client's C{101} head: the backend's end-to-end headers, and its
+    C{Upgrade} with C{Connection: Upgrade} (the only hop-by-hop ones kept).
+    """
+    drop = _EMPTY
+    upgrade = b""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"connection":
+            drop = connection_tokens([value])
+        elif lower == b"upgrade":
+            upgrade = value
+    parts = [b"HTTP/1.1 101 ", reason or b"Switching Protocols", b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in drop:
+            parts += [name, b": ", value, b"\r\n"]
+    parts += [b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n"]
+    return b"".join(parts)

@@ -43,6 +43,17 @@ class UpstreamSink(TypingProtocol):
         @param response_started: whether any byte of the response had arrived.
         """
 
+    def upstream_upgraded(
+        self, reason: bytes, headers: list[tuple[bytes, bytes]], rest: bytes
+    ) -> None:
+        """
+        The backend answered C{101 Switching Protocols}: the connection now
+        carries another protocol and is the sink's to keep; it is no longer
+        this connection's or the pool's.
+
+        @param rest: bytes of the new protocol that came after the head.
+        """
+
 
 class BackendConnection(Protocol):
     """
@@ -67,6 +78,7 @@ class BackendConnection(Protocol):
         self._responded = False
         self._request_sent = False
         self._ready: _Connect | None = None
+        self._switching: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
 
     # --- called by the pool and the exchange -------------------------------
 
@@ -128,6 +140,11 @@ class BackendConnection(Protocol):
         self._responded = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # llhttp stops after a 101 that names an Upgrade; what follows
+            # is the new protocol's.
+            self._upgraded(data[e.args[0] :])
+            return
         except httptools.HttpParserError as e:
             self._fail(f"invalid response from backend: {e}")
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -164,8 +181,11 @@ class BackendConnection(Protocol):
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
         if status < 200:
-            # 100 Continue and friends: not forwarded (101 is for upgrades).
+            # 100 Continue and friends: not forwarded.  A 101 is kept for
+            # the upgrade that llhttp reports next (see dataReceived).
             self._informational = True
+            if status == 101:
+                self._switching = (reason, headers)
             return
         self._informational = False
         self._has_length = (
@@ -209,6 +229,17 @@ class BackendConnection(Protocol):
             self.pool.checkin(self)
         elif self.transport is not None:
             self.transport.loseConnection()
+
+    def _upgraded(self, rest: bytes) -> None:
+        switching, self._switching = self._switching, None
+        sink, self.sink = self.sink, None
+        if switching is None or sink is None:
+            if sink is not None:
+                sink.upstream_failed("backend switched protocols unasked", True)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        reason, headers = switching
+        sink.upstream_upgraded(reason, headers, rest)
 
     def _fail(self, why: str) -> None:
         sink, self.sink = self.sink, None
