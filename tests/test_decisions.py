@@ -43,7 +43,7 @@ class DecisionLogTests(SynchronousTestCase):
         self.assertEqual(decision["pick"], 1)
         self.assertEqual(decision["time"], 100.0)
         self.assertEqual(decision["tie"], ["web1", "web2", "web3"])
-        self.assertIn("3 of 3 tied at the lowest load", decision["reason"])
+        self.assertIn("3 of 3 candidates tied at the lowest load", decision["reason"])
         self.assertIn("smallest virtual time", decision["reason"])
         self.assertEqual(decision["candidates_total"], 3)
         self.assertEqual(decision["candidates"][0]["name"], decision["winner"])
@@ -72,7 +72,7 @@ class DecisionLogTests(SynchronousTestCase):
         self.assertEqual(decision["tie"], [])
         self.assertEqual(
             decision["reason"],
-            "web3 had the lowest load of 3: 1 active / weight 2 = 0.5",
+            "web3 had the lowest load of 3 candidates: 1 active / weight 2 = 0.5",
         )
         self.assertEqual(
             next((c["name"], c["load"]) for c in decision["candidates"]),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -517,7 +519,9 @@ class SafeByConstructionTests(SynchronousTestCase):
 
 class AdminTokenFileTests(SynchronousTestCase):
     def _file(self, text: str) -> str:
-        path = Path(self.mktemp())
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        path = directory / "token"
         path.write_text(text, "utf-8")
         return str(path)
 

@@ -148,13 +148,13 @@ def _reason(
         return f"{name} was the only backend available ({load})"
     if algorithm != "least_conn":
         return (
-            f"{name} had the smallest virtual time ({winner[3]:.3g}) of {total};"
-            " round robin ignores load"
+            f"{name} had the smallest virtual time ({winner[3]:.1f}) of"
+            f" {total} candidates; round robin ignores load"
         )
     if len(tied) == 1:
-        return f"{name} had the lowest load of {total}: {load}"
+        return f"{name} had the lowest load of {total} candidates: {load}"
     return (
-        f"{len(tied)} of {total} tied at the lowest load ({active / weight:.3g});"
-        f" {name} won the tie with the smallest virtual time ({winner[3]:.3g}),"
-        " i.e. it was served least recently for its weight"
+        f"{len(tied)} of {total} candidates tied at the lowest load"
+        f" ({active / weight:.3g}); {name} won the tie with the smallest virtual"
+        f" time ({winner[3]:.1f}): it had been served least recently for its weight"
     )

@@ -112,7 +112,7 @@
         responsive: true,
         maintainAspectRatio: false,
         interaction: { mode: "nearest", axis: "x", intersect: false },
-        elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, tension: 0.25 } },
+        elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, cubicInterpolationMode: "monotone" } },
         scales: {
           x: timeAxis(),
           y: Object.assign({ beginAtZero: true, grid: { color: "rgba(36, 48, 77, 0.6)" } }, yOptions),
@@ -229,10 +229,10 @@
 
   function redrawCharts(now) {
     if (!chartsReady) return;
-    // Until there is a whole window of data, the data fills the chart (at
-    // least a minute of it) instead of huddling at the right edge.
+    // Until there is a whole window of data, the data fills the chart
+    // (at least 10 s of it) instead of huddling at the right edge.
     const first = charts.rps.data.datasets[0].data[0];
-    const start = Math.max(now - state.windowSeconds, Math.min(first ? first.x : now, now - 60));
+    const start = Math.max(now - state.windowSeconds, Math.min(first ? first.x : now, now - 10));
     for (const name of ["active", "rps", "latency", "errors"]) {
       const chart = charts[name];
       chart.options.scales.x.min = start;
@@ -358,7 +358,6 @@
     }
     const stripCell = el("td");
     cells.strip = el("div", "strip");
-    cells.strip.title = "Health over the last 15 minutes";
     stripCell.append(cells.strip);
     tr.append(stripCell);
 
@@ -377,7 +376,8 @@
     cells.weightInput.max = "1000";
     cells.weightInput.step = "any";
     cells.weightInput.setAttribute("aria-label", `weight of ${b.name}`);
-    const setWeight = el("button", "small ghost", "Set weight");
+    const setWeight = el("button", "small ghost", "Set");
+    setWeight.title = `Set the weight of ${b.name}`;
     setWeight.type = "button";
     setWeight.addEventListener("click", () => {
       const value = Number(cells.weightInput.value);
@@ -396,11 +396,13 @@
     return { tr, cells, stripKey: "" };
   }
 
-  function fillStrip(row, b, now) {
-    // Segments of the last 15 minutes, from the backend's state transitions.
-    const start = now - MAX_SECONDS;
+  function fillStrip(row, b, now, uptime) {
+    // The backend's states over the last 15 minutes (or since start, if
+    // shorter), from its state transitions; older history is cut off.
+    const span = Math.min(MAX_SECONDS, Math.max(uptime, 30));
+    const start = now - span;
     const history = b.history || [];
-    const key = `${history.length}:${history.length ? history[history.length - 1].time : 0}:${Math.floor(now / 10)}`;
+    const key = `${history.length}:${history.length ? history[history.length - 1].time : 0}:${Math.floor(now / 5)}`;
     if (row.stripKey === key) return;
     row.stripKey = key;
     const segments = [];
@@ -419,13 +421,14 @@
     const strip = row.cells.strip;
     strip.replaceChildren();
     for (const [a, z, s] of segments) {
-      const width = ((z - a) / MAX_SECONDS) * 100;
+      const width = ((z - a) / span) * 100;
       if (width <= 0) continue;
-      const span = el("span", s);
-      span.style.width = `${Math.max(width, 0.8)}%`;
-      span.title = `${s} from ${fmtClock(a)} to ${fmtClock(z)}`;
-      strip.append(span);
+      const piece = el("span", s);
+      piece.style.width = `${Math.max(width, 1.5)}%`;
+      piece.title = `${s} from ${fmtClock(a)} to ${fmtClock(z)}`;
+      strip.append(piece);
     }
+    strip.title = `States over the last ${fmtDuration(span)}`;
   }
 
   function updateTable(snap) {
@@ -465,7 +468,7 @@
       setText(c.weight, fmtWeight(b.weight));
       setText(c.total, fmtNumber(b.total_requests, 0));
       setText(c.failures, fmtNumber(b.failures, 0));
-      fillStrip(row, b, snap.time);
+      fillStrip(row, b, snap.time, snap.uptime);
       setText(c.toggle, b.state === "draining" ? "Enable" : "Drain");
       c.toggle.className = b.state === "draining" ? "small" : "small danger";
       if (document.activeElement !== c.weightInput) c.weightInput.value = String(b.weight);
