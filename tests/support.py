@@ -67,7 +67,12 @@ class Harness:
     def __init__(self, backends: int = 2, extra: str = "") -> None:
         self.reactor = MemoryReactorClock()
         self.config = config(backends, extra)
-        self.registry = Registry(self.config.backends, self.reactor)
+        self.registry = Registry(
+            self.config.backends,
+            self.reactor,
+            outlier=self.config.outlier,
+            panic_threshold=self.config.panic_threshold,
+        )
         self.records: list[dict[str, Any]] = []
         self.proxy = HTTPProxy(
             self.registry, self.reactor, self.reactor, self.config, self.records.append

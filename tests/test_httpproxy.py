@@ -219,15 +219,76 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(backend.transport.disconnected)
         self.assertEqual(h.active(), [0, 0])
 
-    def test_backend_closes_before_answer_502(self) -> None:
-        """A fresh connection closed without an answer gives 502 and a failure."""
+    def test_reset_before_answer_retried_elsewhere(self) -> None:
+        """A GET whose backend closes before answering is replayed on another
+        backend; the first one is charged a failure."""
         h = Harness()
         client = h.client()
         client.send(GET)
         h.accept().close()
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9002)])
+        h.accept().reply(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(h.active(), [0, 0])
+        self.assertEqual([b.failures for b in h.registry.backends], [1, 0])
+
+    def test_reset_with_body_not_replayed(self) -> None:
+        """A POST whose body was sent is never replayed: 502."""
+        h = Harness()
+        client = h.client()
+        client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+        backend = h.accept()
+        client.send(b"ab")
+        backend.close()
+        self.assertEqual(h.pending_connects(), [])
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertEqual(h.active(), [0, 0])
-        self.assertEqual(h.registry.backends[0].failures, 1)
+
+    def test_retry_budget(self) -> None:
+        """Retries in progress stay within the budget: with 10 live requests
+        and a 20% budget (floor of 3 at once), the 4th concurrent retry is
+        refused with 502."""
+        h = Harness(backends=2, extra="retry_budget = 20")
+        clients = [h.client() for _ in range(10)]
+        for client in clients:
+            client.send(GET)
+        # Every first attempt is refused: 3 retries go ahead, the rest fail.
+        for _ in range(10):
+            h.refuse()
+        answered = [c.received()[:12] for c in clients]
+        self.assertEqual(answered.count(b"HTTP/1.1 502"), 7)
+        self.assertEqual(len(h.pending_connects()), 3)
+        self.assertEqual(h.proxy.retrying, 3)
+        for _ in range(3):
+            h.accept().reply(OK)
+        self.assertEqual(h.proxy.retrying, 0)
+        self.assertEqual(h.proxy.live, 0)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_passive_ejection_from_5xx(self) -> None:
+        """Consecutive 5xx answers eject a backend; requests then go elsewhere."""
+        h = Harness(extra="[outlier]\nconsecutive_failures = 2")
+        error = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+        client = h.client()
+        client.send(GET)
+        b0 = h.accept()
+        b0.reply(error)
+        client.send(GET)
+        b1 = h.accept()
+        b1.reply(OK)
+        client.send(GET)  # b0 again, on its pooled connection
+        b0.reply(error)
+        self.assertEqual(h.registry.backends[0].state, "ejected")
+        self.assertIn(
+            "2 consecutive failures (last: answered 500)",
+            h.registry.backends[0].history[-1].reason,
+        )
+        b1.transport.clear()
+        for _ in range(3):
+            client.send(GET)
+            b1.reply(OK)
+        self.assertEqual(b1.received().count(b"GET /path"), 3)
+        self.assertEqual(h.pending_connects(), [])
 
     def test_invalid_response_502(self) -> None:
         """Garbage from a backend gives 502."""
@@ -320,6 +381,51 @@ class StreamingTests(SynchronousTestCase):
         backend.reply(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(client.received().startswith(b"HTTP/1.1 201 "))
         self.assertEqual(h.active(), [0])
+
+    def test_body_in_the_head_packet(self) -> None:
+        """Body bytes that arrive with the head, before any backend connection
+        exists, are kept and sent once it is up (then the request is whole)."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+        backend = h.accept()
+        self.assertTrue(backend.received().endswith(b"\r\n\r\nhello"))
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(client.received().endswith(b"\r\n\r\nok"))
+        self.assertEqual(h.active(), [0])
+
+    def test_early_body_survives_a_refused_connection(self) -> None:
+        """A body not yet sent goes whole to the backend tried next."""
+        h = Harness(backends=2)
+        client = h.client()
+        client.send(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n"
+        )
+        h.refuse()
+        client.send(b"0\r\n\r\n")
+        backend = h.accept()
+        self.assertTrue(
+            backend.received().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            backend.received(),
+        )
+
+    def test_slow_upload_is_not_a_backend_timeout(self) -> None:
+        """backend_timeout counts from the end of the upload, not its start."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n")
+        backend = h.accept()
+        for piece in (b"a", b"b", b"c"):
+            h.reactor.advance(6)
+            client.send(piece)
+        self.assertEqual(client.received(), b"")
+        client.send(b"d")
+        h.reactor.advance(9.9)
+        self.assertEqual(client.received(), b"")
+        h.reactor.advance(0.2)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 504 "))
+        self.assertTrue(backend.received().endswith(b"abcd"))
 
     def test_chunked_upload(self) -> None:
         """A chunked upload is re-chunked to the backend."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txlb.config import Address, BackendConfig
+from txlb.config import Address, BackendConfig, HealthConfig, OutlierConfig
 from txlb.policy import least_conn, round_robin
 from txlb.registry import Lease, Registry
 
@@ -184,3 +185,173 @@ class LeaseMachineTests(SynchronousTestCase):
         """Hypothesis: under any interleaving, active == open leases, never < 0."""
         LeaseMachine.TestCase.settings = settings(max_examples=150, deadline=None)
         LeaseMachine.TestCase().runTest()
+
+
+def stateful(
+    n: int = 3, slow_start: float = 0.0, panic: int = 0, **outlier: Any
+) -> tuple[Registry, Clock]:
+    clock = Clock()
+    health = HealthConfig(slow_start=slow_start)
+    configs = [
+        BackendConfig(f"b{i}", Address("127.0.0.1", 9000 + i), 1.0, health)
+        for i in range(n)
+    ]
+    settings = {"consecutive_failures": 3, "base_ejection_time": 10.0}
+    settings.update(outlier)
+    return (
+        Registry(
+            configs, clock, outlier=OutlierConfig(**settings), panic_threshold=panic
+        ),
+        clock,
+    )
+
+
+def fail(registry: Registry, backend_index: int, times: int, why: str = "502") -> None:
+    backend = registry.backends[backend_index]
+    for _ in range(times):
+        lease = registry.acquire(
+            exclude=[b for b in registry.backends if b is not backend]
+        )
+        assert lease is not None and lease.backend is backend
+        lease.release(failed=True, why=why)
+
+
+class OutlierTests(SynchronousTestCase):
+    def test_consecutive_failures_eject(self) -> None:
+        """N consecutive failures eject a backend for the base time, with the
+        cause in words; it then comes back."""
+        r, clock = stateful()
+        fail(r, 0, 2)
+        self.assertEqual(r.backends[0].state, "healthy")
+        fail(r, 0, 1, why="answered 500")
+        self.assertEqual(r.backends[0].state, "ejected")
+        self.assertEqual(
+            r.backends[0].history[-1].reason,
+            "3 consecutive failures (last: answered 500); ejected for 10s",
+        )
+        picked = {r.acquire().backend.name for _ in range(10)}  # type: ignore[union-attr]
+        self.assertNotIn("b0", picked)
+        clock.advance(10)
+        self.assertEqual(r.backends[0].state, "healthy")
+        self.assertEqual(r.backends[0].history[-1].reason, "ejection time over")
+
+    def test_success_resets_the_streak(self) -> None:
+        """A success between failures resets the count."""
+        r, _ = stateful()
+        fail(r, 0, 2)
+        lease = r.acquire(exclude=r.backends[1:])
+        assert lease is not None
+        lease.release()
+        fail(r, 0, 2)
+        self.assertEqual(r.backends[0].state, "healthy")
+
+    def test_repeat_ejections_grow(self) -> None:
+        """Each repeat ejection lasts longer, up to max_ejection_time."""
+        r, clock = stateful(max_ejection_time=25.0)
+        durations = []
+        for _ in range(3):
+            fail(r, 0, 3)
+            durations.append(r.backends[0].history[-1].reason.rsplit(" ", 1)[1])
+            clock.advance(30)
+        self.assertEqual(durations, ["10s", "20s", "25s"])
+
+    def test_max_ejected_percent(self) -> None:
+        """max_ejected_percent keeps backends in rotation; at least one may go."""
+        r, _ = stateful(n=4, max_ejected_percent=50)
+        for i in range(4):
+            fail(r, i, 3)
+        self.assertEqual(
+            [b.state for b in r.backends], ["ejected", "ejected", "healthy", "healthy"]
+        )
+        r, _ = stateful(n=3, max_ejected_percent=10)
+        fail(r, 0, 3)
+        fail(r, 1, 3)
+        self.assertEqual(
+            [b.state for b in r.backends], ["ejected", "healthy", "healthy"]
+        )
+        r, _ = stateful(n=3, max_ejected_percent=0)
+        fail(r, 0, 5)
+        self.assertEqual(r.backends[0].state, "healthy")
+
+    def test_disabled(self) -> None:
+        """consecutive_failures = 0 turns passive ejection off."""
+        r, _ = stateful(consecutive_failures=0)
+        fail(r, 0, 20)
+        self.assertEqual(r.backends[0].state, "healthy")
+        self.assertEqual(r.backends[0].failures, 20)
+
+
+class SlowStartTests(SynchronousTestCase):
+    def test_recovered_backend_ramps_up(self) -> None:
+        """A backend coming back starts near weight 0 and reaches its weight
+        after slow_start seconds; meanwhile it is 'starting'."""
+        r, clock = stateful(n=2, slow_start=10)
+        b0 = r.backends[0]
+        r.set_healthy(b0, False, "down")
+        r.set_healthy(b0, True, "up")
+        self.assertEqual(b0.state, "starting")
+        self.assertAlmostEqual(b0.weight, 0.05)
+        clock.advance(5)
+        r.acquire()
+        self.assertAlmostEqual(b0.weight, 0.5)
+        clock.advance(5)
+        r.acquire()
+        self.assertEqual((b0.weight, b0.state), (1.0, "healthy"))
+        self.assertEqual(b0.history[-1].reason, "slow start over after 10s")
+
+    def test_ramping_backend_gets_a_small_share(self) -> None:
+        """Early in slow start a recovered backend gets few of the requests."""
+        r, clock = stateful(n=2, slow_start=100)
+        r.set_healthy(r.backends[0], False, "down")
+        r.set_healthy(r.backends[0], True, "up")
+        clock.advance(10)  # 10% of its weight
+        seen: Counter[str] = Counter()
+        for _ in range(1100):
+            lease = r.acquire()
+            assert lease is not None
+            seen[lease.backend.name] += 1
+            lease.release()
+        self.assertEqual(seen["b0"], 100)
+
+    def test_first_probe_does_not_ramp(self) -> None:
+        """A backend that starts healthy is not slowed at start-up."""
+        r, _ = stateful(n=1, slow_start=10)
+        self.assertEqual(r.backends[0].state, "healthy")
+        self.assertEqual(r.backends[0].weight, 1.0)
+
+
+class PanicAndDrainTests(SynchronousTestCase):
+    def test_panic_threshold(self) -> None:
+        """Below panic_threshold healthy, all backends take traffic again."""
+        r, _ = stateful(n=4, panic=50)
+        r.set_healthy(r.backends[0], False, "down")
+        self.assertFalse(r.panic)
+        r.set_healthy(r.backends[1], False, "down")
+        self.assertFalse(r.panic)  # 2 of 4 is not below 50%
+        r.set_healthy(r.backends[2], False, "down")
+        self.assertTrue(r.panic)
+        picked = {r.acquire().backend.name for _ in range(8)}  # type: ignore[union-attr]
+        self.assertEqual(picked, {"b0", "b1", "b2", "b3"})
+        self.assertTrue(r.snapshot()["totals"]["panic"])
+
+    def test_all_down_without_panic(self) -> None:
+        """With no panic threshold and nobody healthy, nothing is chosen."""
+        r, _ = stateful(n=2)
+        for b in r.backends:
+            r.set_healthy(b, False, "down")
+        self.assertIsNone(r.acquire())
+
+    def test_draining(self) -> None:
+        """A draining backend gets no new requests; in-flight ones finish."""
+        r, _ = stateful(n=2)
+        held = r.acquire()
+        assert held is not None and held.backend.name == "b0"
+        r.set_draining(r.backends[0], True, "admin")
+        self.assertEqual(r.backends[0].state, "draining")
+        for _ in range(4):
+            lease = r.acquire()
+            assert lease is not None
+            self.assertEqual(lease.backend.name, "b1")
+            lease.release()
+        held.release()
+        self.assertEqual(r.backends[0].active, 0)

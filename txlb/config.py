@@ -131,7 +131,7 @@ class Config:
     admin_token_file: str = ""
     events_rate: float = 2.0
     trusted_proxies: tuple[Network, ...] = ()
-    retry_budget: int = 20
+    retry_budget: int = 50
     panic_threshold: int = 0
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
@@ -235,6 +235,8 @@ def _endpoints(text: str) -> tuple[str, ...]:
 
 def _path(text: str) -> str:
     value = text.strip()
+    if not value:
+        return value  # no HTTP path: a TCP connect check
     if not value.startswith("/") or any(c in value for c in " \r\n\t"):
         raise ValueError(text)
     return value
@@ -301,7 +303,7 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     ),
 }
 _HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
-    "path": (_path, "an absolute path such as /health"),
+    "path": (_path, "an absolute path such as /health, or empty for a TCP check"),
     "interval": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "rise": (_positive_count, "a whole number, 1 or more"),

@@ -41,7 +41,13 @@ __all__ = ["HTTPProxy", "ProxyRequest", "ProxySite"]
 
 _EMPTY: frozenset[bytes] = frozenset()
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# The retry budget always allows this many retries at once (as Envoy does).
+_MIN_RETRY_CONCURRENCY = 3
 _RESERVED = (b"/api/", b"/dashboard", b"/metrics")
+
+
+# How a failed exchange is described in the backend's ejection cause.
+_FAILURES = {499: "", 502: "bad response", 504: "timed out"}
 
 
 class HTTPProxy:
@@ -74,6 +80,9 @@ class HTTPProxy:
         self.backend_timeout = config.backend_timeout
         self.idle_timeout = config.idle_timeout
         self.retries = config.retries
+        self.retry_budget = config.retry_budget
+        self.live = 0
+        self.retrying = 0
         self.retry_after = b"%d" % max(1, math.ceil(config.health.interval))
         self.access_log = access_log
         # None when no proxy is trusted: then nobody's X-Forwarded-* is.
@@ -86,6 +95,14 @@ class HTTPProxy:
             )
             for b in registry.backends
         }
+
+    def may_retry(self) -> bool:
+        """
+        Whether the retry budget allows one more retry: retries in progress
+        stay under C{retry_budget} percent of live requests.
+        """
+        limit = max(_MIN_RETRY_CONCURRENCY, self.live * self.retry_budget // 100)
+        return self.retrying < limit
 
     def close(self) -> None:
         """Close idle backend connections (at shutdown)."""
@@ -104,7 +121,7 @@ class ProxyRequest(server.Request):
     _exchange: _Exchange | None = None
 
     def gotLength(self, length: int | None) -> None:
-        site: ProxySite = self.channel.site
+        site = _site(self)
         path = self.channel._path
         if length != 0 and site.proxy is not None and not site.reserved(path):
             self.content = BytesIO()
@@ -121,7 +138,7 @@ class ProxyRequest(server.Request):
             exchange.client_body(data)
 
     def process(self) -> None:
-        site: ProxySite = self.channel.site
+        site = _site(self)
         self.site = site
         exchange = self._exchange
         if exchange is not None:
@@ -139,6 +156,17 @@ class ProxyRequest(server.Request):
         exchange = self._exchange
         if exchange is not None:
             exchange.client_lost()
+
+
+def _site(request: server.Request) -> ProxySite:
+    # Site.buildProtocol sets channel.site; twisted.web does not declare it.
+    site: ProxySite = request.channel.site  # type: ignore[attr-defined]
+    return site
+
+
+def _client(request: server.Request) -> Any:
+    """The client connection's transport (TCP, TLS or a test double)."""
+    return request.channel.transport
 
 
 class ProxySite(server.Site):
@@ -175,6 +203,7 @@ class _Exchange:
     __slots__ = (
         "attached",
         "attempt",
+        "body_complete",
         "body_length",
         "bytes_sent",
         "conn",
@@ -183,9 +212,11 @@ class _Exchange:
         "head",
         "lease",
         "method",
+        "pending",
         "proxy",
         "request",
         "responded",
+        "retried",
         "started",
         "status",
         "timer",
@@ -208,7 +239,10 @@ class _Exchange:
         self.attached = False
         self.early: list[Callable[[], None]] | None = None
         self.responded = False
+        self.retried = False
         self.done = False
+        self.pending: list[bytes] = []
+        self.body_complete = False
         self.status = 0
         self.bytes_sent = 0
         self.upstream_started = 0.0
@@ -225,13 +259,14 @@ class _Exchange:
         """
         request = self.request
         self.started = self.proxy.clock.seconds()
+        self.proxy.live += 1
         self.method = method
         self.uri = uri
         self.body_length = body_length
         self.attached = body_length == 0
         if body_length != 0:
             # Hold the body until a backend connection is up.
-            request.channel.transport.pauseProducing()
+            _client(request).pauseProducing()
         headers = request.requestHeaders
         connection = headers.getRawHeaders(b"connection")
         peer = getattr(request.getClientAddress(), "host", "")
@@ -270,22 +305,24 @@ class _Exchange:
         self._pick()
 
     def client_body(self, data: bytes) -> None:
-        conn = self.conn
-        if conn is None or self.done:
+        if self.done:
             return
         if self.body_length is None:
-            conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        conn = self.conn
+        if conn is None:
+            # Read before the client was paused (often in the head's own
+            # packet): bounded by one read, sent once a backend is ready.
+            self.pending.append(data)
         else:
             conn.send(data)
 
     def client_body_done(self) -> None:
         """The whole request body arrived; the request can now be answered."""
+        self.body_complete = True
         conn = self.conn
         if conn is not None and not self.done:
-            if self.body_length is None:
-                conn.send(b"0\r\n\r\n")
-            conn.transport.unregisterProducer()  # type: ignore[union-attr]
-            conn.request_sent()
+            self._body_sent(conn)
         self.attached = True
         early, self.early = self.early, None
         if early:
@@ -329,27 +366,63 @@ class _Exchange:
         conn.start(self, self.head, self.method == b"HEAD")
         if self.body_length == 0:
             conn.request_sent()
+            self._start_timer()
+            return
+        pending, self.pending = self.pending, []
+        for data in pending:
+            conn.send(data)
+        if self.body_complete:
+            self._body_sent(conn)
         else:
-            transport = self.request.channel.transport
+            transport = _client(self.request)
             conn.transport.registerProducer(transport, True)  # type: ignore[union-attr]
             transport.resumeProducing()
+
+    def _body_sent(self, conn: BackendConnection) -> None:
+        """The request body is all in: end it and wait for the answer."""
+        if self.body_length is None:
+            conn.send(b"0\r\n\r\n")
+        if conn.transport.producer is not None:  # type: ignore[union-attr]
+            conn.transport.unregisterProducer()  # type: ignore[union-attr]
+        conn.request_sent()
+        self._start_timer()
+
+    def _start_timer(self) -> None:
+        """backend_timeout counts from the moment the request is all sent."""
         self.timer = self.proxy.clock.callLater(
             self.proxy.backend_timeout, self._timed_out
         )
 
     def upstream_unreachable(self, why: str) -> None:
         self.attempt = None
-        lease = self.lease
+        self.log.warn("backend unreachable: {why}", why=why)
+        self._retry_elsewhere("connection failed", b"no backend could be reached")
+
+    def _retry_elsewhere(self, cause: str, message: bytes) -> None:
+        """
+        The chosen backend failed before answering and the request can be
+        replayed: count the failure and try a backend not tried yet, within
+        C{retries} and the retry budget.
+        """
+        lease, self.lease = self.lease, None
         assert lease is not None
-        lease.release(failed=True)
-        self.lease = None
-        self.log.warn(
-            "backend {backend} unreachable: {why}", backend=lease.backend.name, why=why
-        )
-        if len(self.tried) <= self.proxy.retries:
+        lease.release(failed=True, why=cause)
+        proxy = self.proxy
+        if len(self.tried) <= proxy.retries and (self.retried or proxy.may_retry()):
+            if not self.retried:
+                self.retried = True
+                proxy.retrying += 1
             self._pick()
         else:
-            self._error(502, b"no backend could be reached")
+            self.log.warn(
+                "not retrying {method} {uri}: {why}",
+                method=self.method,
+                uri=self.uri,
+                why="retry budget used up"
+                if len(self.tried) <= proxy.retries
+                else f"{len(self.tried)} backends tried",
+            )
+            self._error(502, message)
 
     # --- the backend's response ---------------------------------------------------
 
@@ -435,6 +508,15 @@ class _Exchange:
         )
         if self.responded:
             self._abort_client(why)
+        elif (
+            not response_started
+            and self.body_length == 0
+            and self.method in _IDEMPOTENT
+            and self.lease is not None
+        ):
+            # Reset before any answer, and nothing is lost by replaying.
+            self._cancel_timer()
+            self._retry_elsewhere("reset before answering", b"the backend failed")
         else:
             self._error(502, b"the backend failed")
 
@@ -528,7 +610,7 @@ class _Exchange:
         if not self.attached:
             # Let the rest of the body in (it is discarded) so the request
             # completes and can be answered.
-            self.request.channel.transport.resumeProducing()
+            _client(self.request).resumeProducing()
             self._defer(lambda: self._error(code, message, retry))
             return
         self.done = True
@@ -554,7 +636,7 @@ class _Exchange:
         never mistakes a truncated response for a whole one.
         """
         self.done = True
-        self.request.channel.transport.abortConnection()
+        _client(self.request).abortConnection()
         self._end(failed=True, status=self.status)
 
     def _cancel_timer(self) -> None:
@@ -564,9 +646,15 @@ class _Exchange:
 
     def _end(self, failed: bool, status: int) -> None:
         self._cancel_timer()
+        proxy = self.proxy
+        proxy.live -= 1
+        if self.retried:
+            proxy.retrying -= 1
         lease, self.lease = self.lease, None
         if lease is not None:
-            lease.release(failed=failed)
+            lease.release(
+                failed=failed, why=_FAILURES.get(status) or f"answered {status}"
+            )
             observe = self.proxy.observe
             # A tunnel's (101) time to switch was observed when it switched.
             if observe is not None and self.upstream_started and status != 101:

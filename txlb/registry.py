@@ -2,11 +2,16 @@
 The one registry of backends shared by the proxy, the health checker and the
 stats app.
 
-It holds each backend's counters and health, picks a backend through a pure
+It holds each backend's counters and state, picks a backend through a pure
 policy and hands out L{Lease}s.  A lease's C{release()} is idempotent, so a
 request that ends in several ways at once (backend error and client abort)
 still lowers the active count exactly once.  No I/O happens here; time comes
 from an injected clock.
+
+Each backend's state comes from one model: the active checks' verdict
+(C{healthy}, C{probed}), passive ejection (C{ejected}), slow start (C{weight}
+still below C{configured_weight}) and the admin's drain.  Every change is
+recorded with its time and cause.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txlb.config import Address, BackendConfig
+from txlb.config import Address, BackendConfig, OutlierConfig
 from txlb.decisions import DecisionLog
 from txlb.policy import POLICIES, Policy
 
@@ -49,12 +54,27 @@ class Backend:
     vtime: float = 0.0
     draining: bool = False
     history: list[Transition] = attrs.field(factory=list)
+    configured_weight: float = 0.0
+    slow_start: float = 0.0
+    probed: bool = True
+    ejected: bool = False
+    ejections: int = 0
+    consecutive_failures: int = 0
+    ramp_start: float = 0.0
+    last_unejected: float = 0.0
 
     @property
     def state(self) -> str:
+        """One of draining, ejected, unknown, unhealthy, starting, healthy."""
         if self.draining:
             return "draining"
-        return "healthy" if self.healthy else "unhealthy"
+        if self.ejected:
+            return "ejected"
+        if not self.healthy:
+            return "unhealthy" if self.probed else "unknown"
+        if self.weight < self.configured_weight:
+            return "starting"
+        return "healthy"
 
 
 class Lease:
@@ -64,18 +84,20 @@ class Lease:
     @ivar backend: the backend chosen.
     """
 
-    __slots__ = ("_released", "backend")
+    __slots__ = ("_registry", "_released", "backend")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, registry: Registry) -> None:
         self.backend = backend
+        self._registry = registry
         self._released = False
 
-    def release(self, failed: bool = False) -> bool:
+    def release(self, failed: bool = False, why: str = "") -> bool:
         """
         Give the slot back.  Only the first call counts.
 
         @param failed: the backend failed this request (counted in
-            C{failures}).
+            C{failures}, and towards passive ejection).
+        @param why: what the failure was, in a few words.
         @return: whether this call released it.
         """
         if self._released:
@@ -84,7 +106,9 @@ class Lease:
         backend = self.backend
         backend.active -= 1
         if failed:
-            backend.failures += 1
+            self._registry._failed(backend, why)
+        elif backend.consecutive_failures:
+            backend.consecutive_failures = 0
         return True
 
     @property
@@ -94,6 +118,8 @@ class Lease:
 
 _HISTORY_LENGTH = 50
 MAX_WEIGHT = 1000.0
+# A backend starting slowly begins at this share of its weight.
+_RAMP_FLOOR = 0.05
 
 
 class Registry:
@@ -110,21 +136,45 @@ class Registry:
         backends: Iterable[BackendConfig],
         clock: IReactorTime,
         algorithm: str = "least_conn",
+        outlier: OutlierConfig | None = None,
+        panic_threshold: int = 0,
     ) -> None:
-        self.backends: list[Backend] = [
-            Backend(b.name, b.address, b.weight) for b in backends
-        ]
+        """
+        @param outlier: when to eject backends that fail real requests.
+        @param panic_threshold: below this percentage of healthy backends,
+            balance over all of them (0: never).
+        """
+        self.backends: list[Backend] = []
+        for b in backends:
+            known = b.health.initial_state == "healthy"
+            self.backends.append(
+                Backend(
+                    b.name,
+                    b.address,
+                    b.weight,
+                    healthy=known,
+                    configured_weight=b.weight,
+                    slow_start=b.health.slow_start,
+                    probed=known,
+                )
+            )
+        self._outlier = outlier or OutlierConfig()
+        self._panic_threshold = panic_threshold
+        self.panic = False
+        self._ramping: list[Backend] = []
         self.algorithm = algorithm
         self._policy: Policy = POLICIES[algorithm]
         self._clock = clock
         self._by_name = {b.name: b for b in self.backends}
-        self._available: list[Backend] = list(self.backends)
+        self._available: list[Backend] = []
         self._vclock = 0.0
         self.picks = 0
         self.decisions = DecisionLog(algorithm)
         now = clock.seconds()
-        for b in self.backends:
-            b.history.append(Transition(now, True, "configured"))
+        for backend in self.backends:
+            why = "configured" if backend.probed else "configured; waiting for a probe"
+            backend.history.append(Transition(now, backend.healthy, why, backend.state))
+        self._update_available()
 
     def acquire(self, exclude: Container[Backend] = ()) -> Lease | None:
         """
@@ -134,6 +184,8 @@ class Registry:
         @param exclude: backends not to pick (already tried for this request).
         @return: a lease, or L{None} if no backend is available.
         """
+        if self._ramping:
+            self._advance_ramps()
         candidates = self._available
         if exclude:
             candidates = [b for b in candidates if b not in exclude]
@@ -152,7 +204,7 @@ class Registry:
         backend.vtime = start + 1.0 / backend.weight
         backend.active += 1
         backend.total_requests += 1
-        return Lease(backend)
+        return Lease(backend, self)
 
     def get(self, name: str) -> Backend:
         """
@@ -162,11 +214,18 @@ class Registry:
 
     def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
         """
-        Take a backend out of rotation or bring it back, recording why.
+        Record the active checks' verdict: take a backend out of rotation
+        or bring it back (slowly, if C{slow_start} is set), recording why.
         """
-        if backend.healthy == healthy:
+        if backend.healthy == healthy and backend.probed:
             return
+        recovering = healthy and backend.probed
         backend.healthy = healthy
+        backend.probed = True
+        if recovering:
+            self._start_ramp(backend)
+        else:
+            self._stop_ramp(backend)
         self._changed(backend, reason)
 
     def set_draining(self, backend: Backend, draining: bool, reason: str) -> None:
@@ -187,10 +246,86 @@ class Registry:
         """
         if not 0 < weight <= MAX_WEIGHT:
             raise ValueError(f"weight must be above 0 and at most {MAX_WEIGHT:g}")
-        if backend.weight == weight:
+        if backend.configured_weight == weight:
             return
-        old, backend.weight = backend.weight, weight
+        old, backend.configured_weight = backend.configured_weight, weight
+        if backend not in self._ramping:
+            backend.weight = weight
         self._changed(backend, f"weight {old:g} -> {weight:g}: {reason}")
+
+    # --- passive checks ---------------------------------------------------------
+
+    def _failed(self, backend: Backend, why: str) -> None:
+        backend.failures += 1
+        backend.consecutive_failures += 1
+        limit = self._outlier.consecutive_failures
+        if limit and backend.consecutive_failures >= limit and not backend.ejected:
+            self._eject(
+                backend,
+                f"{backend.consecutive_failures} consecutive failures"
+                + (f" (last: {why})" if why else ""),
+            )
+
+    def _eject(self, backend: Backend, cause: str) -> None:
+        outlier = self._outlier
+        ejected = sum(1 for b in self.backends if b.ejected)
+        allowed = len(self.backends) * outlier.max_ejected_percent // 100
+        if outlier.max_ejected_percent:
+            allowed = max(1, allowed)
+        if ejected >= allowed:
+            if backend.consecutive_failures == outlier.consecutive_failures:
+                self.log.warn(
+                    "backend {backend} not ejected ({cause}): max_ejected_percent"
+                    " {percent}% reached",
+                    backend=backend.name,
+                    cause=cause,
+                    percent=outlier.max_ejected_percent,
+                )
+            return
+        now = self._clock.seconds()
+        if now - backend.last_unejected > outlier.max_ejection_time:
+            backend.ejections = 0
+        backend.ejections += 1
+        duration = min(
+            outlier.base_ejection_time * backend.ejections, outlier.max_ejection_time
+        )
+        backend.ejected = True
+        backend.consecutive_failures = 0
+        self._stop_ramp(backend)
+        self._clock.callLater(duration, self._uneject, backend)
+        self._changed(backend, f"{cause}; ejected for {duration:g}s")
+
+    def _uneject(self, backend: Backend) -> None:
+        backend.ejected = False
+        backend.last_unejected = self._clock.seconds()
+        if backend.healthy:
+            self._start_ramp(backend)
+        self._changed(backend, "ejection time over")
+
+    # --- slow start -------------------------------------------------------------
+
+    def _start_ramp(self, backend: Backend) -> None:
+        if backend.slow_start <= 0:
+            return
+        backend.ramp_start = self._clock.seconds()
+        backend.weight = backend.configured_weight * _RAMP_FLOOR
+        if backend not in self._ramping:
+            self._ramping.append(backend)
+
+    def _stop_ramp(self, backend: Backend) -> None:
+        if backend in self._ramping:
+            self._ramping.remove(backend)
+        backend.weight = backend.configured_weight
+
+    def _advance_ramps(self) -> None:
+        now = self._clock.seconds()
+        for backend in list(self._ramping):
+            share = (now - backend.ramp_start) / backend.slow_start
+            if share >= 1:
+                self._stop_ramp(backend)
+                self._changed(backend, f"slow start over after {backend.slow_start:g}s")
+            else:
+                backend.weight = backend.configured_weight * max(_RAMP_FLOOR, share)
 
     def _changed(self, backend: Backend, reason: str) -> None:
         history = backend.history
@@ -198,13 +333,33 @@ class Registry:
             Transition(self._clock.seconds(), backend.healthy, reason, backend.state)
         )
         del history[:-_HISTORY_LENGTH]
-        self._available = [b for b in self.backends if b.healthy and not b.draining]
+        self._update_available()
         self.log.info(
             "backend {backend} is {state}: {reason}",
             backend=backend.name,
             state=backend.state,
             reason=reason,
         )
+
+    def _update_available(self) -> None:
+        eligible = [b for b in self.backends if not b.draining]
+        available = [b for b in eligible if b.healthy and not b.ejected]
+        panic = bool(
+            self._panic_threshold
+            and eligible
+            and len(available) * 100 < self._panic_threshold * len(eligible)
+        )
+        if panic != self.panic:
+            self.panic = panic
+            self.log.warn(
+                "panic mode {onoff}: {healthy} of {total} backends healthy,"
+                " threshold {threshold}%",
+                onoff="on" if panic else "off",
+                healthy=len(available),
+                total=len(eligible),
+                threshold=self._panic_threshold,
+            )
+        self._available = eligible if panic else available
 
     def snapshot(self) -> dict[str, Any]:
         """
@@ -220,6 +375,9 @@ class Registry:
                 "total_requests": b.total_requests,
                 "failures": b.failures,
                 "weight": b.weight,
+                "configured_weight": b.configured_weight,
+                "ejections": b.ejections,
+                "consecutive_failures": b.consecutive_failures,
                 "history": [
                     {
                         "time": t.time,
@@ -242,5 +400,6 @@ class Registry:
                 "active_connections": sum(b.active for b in self.backends),
                 "total_requests": sum(b.total_requests for b in self.backends),
                 "failures": sum(b.failures for b in self.backends),
+                "panic": self.panic,
             },
         }

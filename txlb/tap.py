@@ -15,7 +15,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from txlb import __version__
@@ -23,6 +23,7 @@ from txlb.accesslog import AccessLog
 from txlb.config import Config, ConfigError, load
 from txlb.health import HealthChecker
 from txlb.httpproxy import HTTPProxy, ProxySite
+from txlb.probes import HTTPProbe, TCPProbe
 from txlb.registry import Registry
 from txlb.stats import Sampler
 from txlb.tcpproxy import TCPProxy, TCPProxyFactory
@@ -82,13 +83,22 @@ def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
     def parse(key: str, description: str) -> Any:
         try:
             return serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            if description.startswith("systemd:") and isinstance(
+                e, (IndexError, KeyError)
+            ):
+                # Twisted looks the inherited socket up while parsing.
+                why = (
+                    f"systemd passed no such socket ({e!r}); start txlb through"
+                    " its .socket unit (systemd/txlb.socket), or use tcp:"
+                )
+            else:
+                why = (
+                    f"is not a Twisted endpoint ({e or type(e).__name__});"
+                    " expected e.g. tcp:8080 or tcp:8080:interface=127.0.0.1"
+                )
             raise ConfigError(
-                config.filename,
-                f"{description!r} is not a Twisted endpoint ({e or type(e).__name__});"
-                " expected e.g. tcp:8080 or tcp:8080:interface=127.0.0.1",
-                "txlb",
-                key,
+                config.filename, f"{description!r} {why}", "txlb", key
             ) from None
 
     listen = [parse("listen", d) for d in config.listen]
@@ -117,7 +127,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     config = options.config
     top = MultiService()
-    registry = Registry(config.backends, reactor, config.algorithm)
+    registry = Registry(
+        config.backends,
+        reactor,
+        config.algorithm,
+        outlier=config.outlier,
+        panic_threshold=config.panic_threshold,
+    )
 
     access_log = None
     if config.access_log:
@@ -153,10 +169,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
-    probes = HTTPClient(
-        Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    )
-    HealthChecker(registry, probes, reactor, config.health).setServiceParent(top)
+    HealthChecker(
+        registry,
+        HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
+        TCPProbe(reactor),
+        reactor,
+        {b.name: b.health for b in config.backends},
+    ).setServiceParent(top)
     return top
 
 
@@ -183,6 +202,17 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         admin_token=admin_token,
         events_rate=config.events_rate,
     )
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def _probe_pool(reactor: Any) -> HTTPConnectionPool:
+    # A fresh connection per probe: a probe tests connecting too.
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietClientFactory
+    return pool
 
 
 def _listen(endpoint: Any, factory: Any) -> StreamServerEndpointService:

@@ -127,7 +127,7 @@ class BackendConnection(Protocol):
 
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
-            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            self.transport.setTcpNoDelay(True)
         ready, self._ready = self._ready, None
         if ready is not None:
             ready.connected(self)
@@ -352,7 +352,7 @@ class BackendPool:
             self.address.host,
             self.address.port,
             attempt,
-            timeout=self._connect_timeout,  # type: ignore[arg-type]
+            timeout=self._connect_timeout,
         )
         return attempt
 

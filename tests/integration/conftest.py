@@ -131,7 +131,10 @@ def balancer(processes: Processes, tmp_path: Path) -> Callable[..., Balancer]:
     ) -> Balancer:
         port = free_port()
         ini = tmp_path / "lb.ini"
-        text = f"[txlb]\nlisten = tcp:{port}:interface=127.0.0.1\n{extra}\n"
+        text = f"[txlb]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+        # Kept with the test's files, for reading when a test fails.
+        text += f"access_log = {tmp_path / 'access.log'}\naccess_log_format = json\n"
+        text += f"{extra}\n"
         text += f"[health]\n{health}\n"
         for name, backend_port in backends:
             text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n"
