@@ -40,7 +40,7 @@ try:
 except ImportError:  # pragma: no cover - reported as a skip below
     sync_api = None
 
-pytestmark = [
+_needs_browser = [
     pytest.mark.skipif(
         shutil.which(CHROMIUM) is None,
         reason=f"NO BROWSER TEST: {CHROMIUM} is missing (apt-get install chromium)",
@@ -51,6 +51,41 @@ pytestmark = [
         " (pip install playwright; never `playwright install`)",
     ),
 ]
+
+
+def needs_browser(test: Callable[..., None]) -> Callable[..., None]:
+    """Skip, loudly, where there is no Chromium or no Playwright."""
+    for mark in _needs_browser:
+        test = mark(test)
+    return test
+
+
+def test_installed_package_serves_the_dashboard(tmp_path: Path) -> None:
+    """
+    The installed txlb (what twistd runs) finds the dashboard's files,
+    Chart.js and its license included, inside the package, whatever the
+    working directory.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import json, txlb.webapp as w; r = w.find_web_root();"
+        " print(json.dumps([str(r), sorted(w.WebAssets.load(r).files)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    root, files = json.loads(out)
+    assert "site-packages" in root, root
+    for name in ("index.html", "app.js", "style.css", "icon.svg"):
+        assert name in files
+    assert "vendor/chart.umd.js" in files, "run `make web-vendor`, then reinstall"
+    assert "vendor/LICENSE.md" in files
 
 
 def _installed_chart_js() -> None:
@@ -236,6 +271,7 @@ def _wait(check: Callable[[], bool], seconds: float, what: str) -> None:
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
+@needs_browser
 def test_dashboard_live_under_load(
     processes: Processes, tmp_path: Path, browser: Callable[..., Browser]
 ) -> None:
@@ -315,6 +351,7 @@ def test_dashboard_live_under_load(
     assert b.problems == [], "\n".join(b.problems)
 
 
+@needs_browser
 def test_dashboard_readable_with_100_backends(
     processes: Processes, tmp_path: Path, browser: Callable[..., Browser]
 ) -> None:
