@@ -4,6 +4,8 @@ Command line: run one or more demo backends in one process.
   python -m backends --port 9001 [--port 9002 ...] [--name web1 ...]
       [--host 127.0.0.1] [--delay 5ms | --delay 10ms-50ms] [--capacity 4]
       [--error-rate 0.1] [--seed 42] [--access-log]
+  python -m backends --tcp-echo --port 9001 [--port 9002 ...]
+      TCP echo servers instead (for txlb's TCP mode)
 
 Names: one C{--name} per C{--port}; or a single C{--name} used as is for one
 port and as C{<name>-<port>} for several; or, with no C{--name},
@@ -27,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from backends.app import DemoBackend
+from backends.echo import echo_factory
 from backends.settings import (
     NO_DELAY,
     ServiceTime,
@@ -36,7 +39,7 @@ from backends.settings import (
     parse_service_time,
 )
 
-__all__ = ["Options", "listen", "main", "parse_args"]
+__all__ = ["Options", "listen", "listen_echo", "main", "parse_args"]
 
 _PROG = "txlb-demo-backend"
 log = Logger(namespace="backends")
@@ -58,6 +61,7 @@ class Options:
     error_rate: float = 0.0
     seed: int | None = None
     access_log: bool = False
+    tcp_echo: bool = False
 
     def name_for(self, index: int, port: int) -> str:
         """The name of the backend for C{ports[index]}, listening on C{port}."""
@@ -125,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--seed", type=int, default=None, help="seed for the random numbers")
     add("--access-log", action="store_true", help="log every request")
+    add(
+        "--tcp-echo",
+        action="store_true",
+        help="serve TCP echo (every byte back) instead of HTTP",
+    )
     return parser
 
 
@@ -155,6 +164,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         error_rate=args.error_rate,
         seed=args.seed,
         access_log=args.access_log,
+        tcp_echo=args.tcp_echo,
     )
 
 
@@ -207,6 +217,23 @@ def listen(reactor: Any, options: Options) -> list[tuple[DemoBackend, IListening
     return started
 
 
+def listen_echo(reactor: Any, options: Options) -> list[IListeningPort]:
+    """
+    Listen on each port with a TCP echo server.
+
+    @raise CannotListenError: if a port is taken.
+    """
+    ports = []
+    for port in options.ports:
+        listening = reactor.listenTCP(port, echo_factory(), interface=options.host)
+        address = listening.getHost()
+        log.info(
+            "tcp echo listening on {host}:{port}", host=address.host, port=address.port
+        )
+        ports.append(listening)
+    return ports
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run demo backends until interrupted; exit 2 on a bad command line."""
     try:
@@ -219,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import reactor
 
     try:
-        listen(reactor, options)
+        if options.tcp_echo:
+            listen_echo(reactor, options)
+        else:
+            listen(reactor, options)
     except CannotListenError as e:
         _fail(1, f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}")
     reactor.run()  # type: ignore[attr-defined,misc,unused-ignore]

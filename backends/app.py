@@ -15,6 +15,8 @@ C{Server: txlb-demo-backend}):
     with back-pressure (see L{backends.streams}).
   - C{PUT|POST /_demo/upload}: JSON length and SHA-256 of the body.
   - C{GET /_demo/sleep?ms=N}: answers after N milliseconds.
+  - C{GET /_demo/ws}: a WebSocket echo (see L{backends.echo}); 400 if the
+    request is not a WebSocket handshake.
   - anything else is the main route: maybe an injected 500, else a wait for
     a service slot (FIFO), then the service time, then C{hello from <name>}.
 """
@@ -41,6 +43,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from backends.echo import accept_websocket
 from backends.settings import (
     NO_DELAY,
     ServiceTime,
@@ -256,6 +259,13 @@ class DemoBackend:
         slept = deferLater(self.clock, ms / 1000, lambda: body)
         request.notifyFinish().addErrback(lambda _: slept.cancel())
         return slept
+
+    @app.route("/_demo/ws", methods=["GET"])
+    def websocket(self, request: Request) -> bytes | Deferred[None]:
+        if accept_websocket(request):
+            # The connection is the echo's now; twisted.web sends nothing.
+            return Deferred()
+        return _bad_request(request, "expected a WebSocket (version 13) handshake")
 
     # The main route.
 

@@ -306,7 +306,7 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(h.registry.backends[0].failures, 0)
 
     def test_idle_timeout(self) -> None:
-        """A connection with no traffic for idle_timeout is aborted and its
+        """A connection with no traffic for idle_timeout is closed and its
         lease released."""
         h = Harness()
         client = h.client()
@@ -314,10 +314,10 @@ class CloseTests(SynchronousTestCase):
         h.reactor.advance(59)
         client.send(b"still here")
         h.reactor.advance(59)
-        self.assertFalse(client.transport.disconnected)
+        self.assertFalse(client.transport.disconnecting)
         h.reactor.advance(1)
-        self.assertTrue(client.transport.disconnected)
-        self.assertTrue(backend.transport.disconnected)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertTrue(backend.transport.disconnecting)
         self.assertEqual(h.active(), [0, 0])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 

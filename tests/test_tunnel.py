@@ -153,7 +153,7 @@ class RelayTests(SynchronousTestCase):
         self.assertIn("reset by peer", j.ended[0])
 
     def test_idle_timeout(self) -> None:
-        """No byte either way for idle_timeout aborts both; traffic moves the
+        """No byte either way for idle_timeout closes both; traffic moves the
         deadline."""
         j = Joined(idle_timeout=30)
         j.clock.advance(20)
@@ -164,8 +164,35 @@ class RelayTests(SynchronousTestCase):
         j.clock.advance(29)
         self.assertFalse(j.ct.disconnected)
         j.clock.advance(1)
-        self.assertTrue(j.ct.disconnected)
-        self.assertTrue(j.bt.disconnected)
+        self.assertTrue(j.ct.disconnecting)
+        self.assertTrue(j.bt.disconnecting)
+        self.assertFalse(j.ct.disconnected)
+        self.assertEqual(j.ended, ["idle for 30s"])
+        self.assertEqual(j.clock.getDelayedCalls(), [])
+
+    def test_idle_then_stuck(self) -> None:
+        """Connections closed for idleness that do not go (their write buffer
+        never drains) are aborted one idle_timeout later."""
+        j = Joined(idle_timeout=30, join=False)
+
+        class Stuck(FakeTCP):
+            def loseConnection(self) -> None:
+                self.disconnecting = True  # and nothing more: never flushed
+
+            def abortConnection(self) -> None:
+                self.disconnected = True
+                FakeTCP.loseConnection(self)
+
+        stuck = Stuck()
+        stuck.protocol = j.backend
+        j.backend.makeConnection(stuck)
+        j.relay.join(j.client, j.backend)
+        j.clock.advance(30)
+        self.assertTrue(stuck.disconnecting)
+        self.assertFalse(stuck.disconnected)
+        self.assertEqual(j.ended, [])
+        j.clock.advance(30)
+        self.assertTrue(stuck.disconnected)
         self.assertEqual(j.ended, ["idle for 30s"])
         self.assertEqual(j.clock.getDelayedCalls(), [])
 

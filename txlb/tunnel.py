@@ -13,7 +13,9 @@ C{101}: one implementation for both.
     both connections close.  A side that closes completely takes the other
     with it, after what was already written to it has been flushed.
   - Idle timeout: no byte in either direction for C{idle_timeout} seconds
-    aborts both connections (0 turns it off).
+    closes both connections (0 turns it off); if they are still not closed
+    one more C{idle_timeout} later (a peer that reads nothing keeps its
+    write buffer from draining), they are aborted.
 
 L{Relay.join} starts relaying; the relay reports its end once, when both
 connections are gone, to the C{on_end} it was given.
@@ -154,6 +156,7 @@ class Relay:
         self._last = 0.0
         self._why = ""
         self._aborting = False
+        self._closing = False
 
     def join(self, client: Side, backend: Side) -> None:
         """
@@ -263,6 +266,10 @@ class Relay:
 
     def _idle(self) -> None:
         self._timer = None
+        if self._closing:
+            # Closed an idle period ago and still not gone: stop waiting.
+            self.abort(self._why)
+            return
         left = self._last + self._idle_timeout - self._clock.seconds()
         if left > 0:
             self._timer = self._clock.callLater(left, self._idle)
@@ -272,7 +279,12 @@ class Relay:
             label=self.label,
             seconds=self._idle_timeout,
         )
-        self.abort(f"idle for {self._idle_timeout:g}s")
+        self._closing = True
+        self._why = self._why or f"idle for {self._idle_timeout:g}s"
+        self._timer = self._clock.callLater(self._idle_timeout, self._idle)
+        for side in (self.client, self.backend):
+            if side is not None and not side.gone:
+                side.transport.loseConnection()  # type: ignore[union-attr]
 
     def _end(self) -> None:
         timer, self._timer = self._timer, None
