@@ -31,7 +31,7 @@ from txlb.registry import Backend, Registry
 
 __all__ = ["LATENCY_BUCKETS", "STATES", "STATUS_CLASSES", "Metrics"]
 
-STATES = ("healthy", "unhealthy", "draining", "ejected", "starting")
+STATES = ("healthy", "unhealthy", "draining", "ejected", "starting", "unknown")
 """Every state C{txlb_backend_state} reports, one series each."""
 
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")

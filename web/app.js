@@ -27,7 +27,7 @@
     "#5b9cff", "#34d399", "#fbbf24", "#f472b6", "#a78bfa", "#22d3ee",
     "#fb923c", "#a3e635", "#e879f9", "#f87171", "#94a3b8", "#2dd4bf",
   ];
-  const STATE_ORDER = { unhealthy: 0, ejected: 1, draining: 2, starting: 3, healthy: 4 };
+  const STATE_ORDER = { unhealthy: 0, ejected: 1, unknown: 2, draining: 3, starting: 4, healthy: 5 };
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, className, text) => {
