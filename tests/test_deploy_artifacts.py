@@ -1,0 +1,536 @@
+"""
+The deployment files checked by the tools that consume them: the systemd
+units by ``systemd-analyze`` (and socket activation for real, through
+``systemd-socket-activate``), the CloudFormation template by ``cfn-lint`` and
+by deploying it into moto, the instances' user data by ``cloud-init schema``,
+and ``aws/bootstrap.sh`` by shellcheck and by parsing the lb.ini it writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from txlb.config import parse
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMD = REPO / "systemd"
+TEMPLATE = REPO / "aws" / "txlb.yaml"
+BOOTSTRAP = REPO / "aws" / "bootstrap.sh"
+BIN = Path(sys.executable).parent
+UNITS = ["txlb.service", "txlb.socket", "txlb-backend@9001.service"]
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or str(BIN / name)
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"{name} is not installed: run scripts/install-system-deps.sh")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """Every Key=value of a unit file, in order, comments dropped."""
+    settings: dict[str, list[str]] = {}
+    for line in (SYSTEMD / name).read_text().splitlines():
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+# --- systemd -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unit_root(tmp_path: Path) -> Path:
+    """
+    A root directory for ``systemd-analyze --root``: the units installed as
+    the docs say, stand-ins for the virtualenv's programs, and the system's
+    own units (sysinit.target and friends) that ours depend on.
+    """
+    root = tmp_path / "root"
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for path in SYSTEMD.iterdir():
+        shutil.copy(path, units / path.name)
+    bin_dir = root / "opt" / "txlb" / "bin"
+    bin_dir.mkdir(parents=True)
+    for program in ("twistd", "txlb-demo-backend"):
+        (bin_dir / program).write_text("#!/bin/sh\n")
+        (bin_dir / program).chmod(0o755)
+    system = Path("/usr/lib/systemd/system")
+    if not system.is_dir():
+        system = Path("/lib/systemd/system")
+    shutil.copytree(system, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    return root
+
+
+def verify(root: Path, *units: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("systemd-analyze"), "verify", "--man=no", f"--root={root}", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_units_verify(unit_root: Path) -> None:
+    """systemd-analyze verify finds nothing at all to say about the units."""
+    result = verify(unit_root, *UNITS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+def test_verify_would_catch_a_mistake(unit_root: Path) -> None:
+    """
+    The check above is not vacuous: a misspelt key, a bad boolean or a
+    missing program each make systemd-analyze speak.
+    """
+    unit = unit_root / "etc" / "systemd" / "system" / "txlb.service"
+    good = unit.read_text()
+    for broken in (
+        good.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"),
+        good.replace("ProtectHome=yes", "ProtectHome=maybe"),
+        good.replace("/opt/txlb/bin/twistd", "/opt/txlb/bin/twistd-missing"),
+    ):
+        unit.write_text(broken)
+        result = verify(unit_root, "txlb.service")
+        assert result.stdout + result.stderr != "", broken
+
+
+def test_units_security_exposure(unit_root: Path) -> None:
+    """systemd-analyze security rates both services at most 2.0 ("OK")."""
+    for unit in ("txlb.service", "txlb-backend@9001.service"):
+        result = subprocess.run(
+            [
+                *(tool("systemd-analyze"), "security", "--offline=yes"),
+                *(f"--root={unit_root}", "--threshold=20", "--no-pager", unit),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+        assert match and float(match.group(1)) <= 2.0, result.stdout[-500:]
+
+
+def test_service_runs_txlb_as_documented() -> None:
+    """
+    txlb.service runs the documented command line as a transient user with
+    the hardening the deployment promises.
+    """
+    service = unit_settings("txlb.service")
+    assert service["ExecStart"] == [
+        "/opt/txlb/bin/twistd -n --pidfile= txlb --config /etc/txlb/lb.ini"
+    ]
+    for key, value in {
+        "Restart": "on-failure",
+        "DynamicUser": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+    }.items():
+        assert service[key] == [value], key
+    backend = unit_settings("txlb-backend@.service")
+    assert backend["ExecStart"][0].startswith("/opt/txlb/bin/txlb-demo-backend ")
+    assert "--port %i" in backend["ExecStart"][0]
+    assert backend["DynamicUser"] == ["yes"]
+    socket_unit = unit_settings("txlb.socket")
+    assert socket_unit["ListenStream"] == ["127.0.0.1:8080"]
+    assert socket_unit["FileDescriptorName"] == ["http"]
+
+
+class _Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[_Procs]:
+    p = _Procs()
+    yield p
+    p.stop()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(log.read_text())
+
+
+@pytest.mark.parametrize("listen", ["index=0", "name=http"])
+def test_socket_activation(listen: str, tmp_path: Path, procs: _Procs) -> None:
+    """
+    With the socket held by a socket activator, as txlb.socket does (one
+    socket, named http), ``listen = systemd:domain=INET:...`` adopts it and
+    the balancer answers on it.
+    """
+    activate = tool("systemd-socket-activate")
+    backend_port = free_port()
+    log = tmp_path / "backend.log"
+    argv = [sys.executable, "-m", "backends", "--name", "web1"]
+    backend = procs.start([*argv, "--port", str(backend_port)], log)
+    wait_port(backend_port, backend, log)
+    ini = tmp_path / "lb.ini"
+    ini.write_text(
+        f"[txlb]\nlisten = systemd:domain=INET:{listen}\n"
+        f"[backend:web1]\naddress = 127.0.0.1:{backend_port}\n"
+    )
+    port = free_port()
+    log = tmp_path / "txlb.log"
+    txlb = [str(BIN / "twistd"), "-n", "--pidfile=", "txlb", "--config", str(ini)]
+    activator = procs.start(
+        [activate, "--fdname=http", "-l", f"127.0.0.1:{port}", *txlb], log
+    )
+    # The activator listens at once; txlb starts on the first connection.
+    wait_port(port, activator, log)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.request("GET", "/via-socket")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200, log.read_text()
+    conn.close()
+    assert "Execing" in log.read_text()
+
+
+def test_systemd_endpoint_without_a_socket(tmp_path: Path) -> None:
+    """
+    Started without socket activation, a systemd: listener is refused with
+    one line that says what to do, not a traceback.
+    """
+    ini = tmp_path / "lb.ini"
+    ini.write_text(
+        "[txlb]\nlisten = systemd:domain=INET:index=0\n"
+        "[backend:a]\naddress = 127.0.0.1:9\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    result = subprocess.run(
+        [str(BIN / "twistd"), "txlb", "--config", str(ini), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "[txlb] listen" in result.stderr
+    assert "systemd passed no such socket" in result.stderr
+    assert "txlb.socket" in result.stderr
+
+
+# --- AWS -----------------------------------------------------------------------------
+
+
+def test_cfn_lint_clean() -> None:
+    """cfn-lint reports nothing, not even a warning or an informational note."""
+    result = subprocess.run(
+        [tool("cfn-lint"), "--info", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "", result.stdout
+
+
+def load_template() -> dict[str, Any]:
+    decode = pytest.importorskip(
+        "cfnlint.decode.cfn_yaml", reason="pip install .[test]"
+    )
+    return decode.loads(TEMPLATE.read_text())  # type: ignore[no-any-return]
+
+
+def test_instances_use_the_right_groups() -> None:
+    """
+    The balancer is in the balancer's group and every backend in the
+    backends' group (read from the template: moto ignores SecurityGroupIds).
+    """
+    resources = load_template()["Resources"]
+    instances = {
+        name: r["Properties"]
+        for name, r in resources.items()
+        if r["Type"] == "AWS::EC2::Instance"
+    }
+    assert set(instances) == {
+        "Balancer",
+        "Backend1",
+        "Backend2",
+        "Backend3",
+        "Backend4",
+    }
+    for name, properties in instances.items():
+        group = (
+            "BalancerSecurityGroup" if name == "Balancer" else "BackendSecurityGroup"
+        )
+        assert properties["SecurityGroupIds"] == [{"Ref": group}], name
+        assert properties["SubnetId"] == {"Ref": "Subnet"}
+    groups = [
+        r for r in resources.values() if r["Type"].startswith("AWS::EC2::Security")
+    ]
+    assert len(groups) == 2  # no separate ingress resources that could add ports
+
+
+SSH_CIDR = "203.0.113.7/32"
+
+
+class Deployment:
+    def __init__(self, backend_count: int) -> None:
+        self.backend_count = backend_count
+        boto3 = pytest.importorskip("boto3", reason="pip install .[test]")
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        ssm = boto3.client("ssm", region_name="eu-west-1")
+        # moto resolves the parameter type, but may not hold /aws/service/...
+        # names, and looks the default up even when it is overridden.
+        ssm.put_parameter(Name="/txlb-test/ami", Value=ami, Type="String")
+        default = "Default: /aws/service/debian/release/12/latest/amd64"
+        body = TEMPLATE.read_text()
+        assert body.count(default) == 1
+        body = body.replace(default, "Default: /txlb-test/ami")
+        cf = boto3.client("cloudformation", region_name="eu-west-1")
+        cf.create_stack(
+            StackName="txlb",
+            TemplateBody=body,
+            Parameters=[
+                {"ParameterKey": "SshCidr", "ParameterValue": SSH_CIDR},
+                {
+                    "ParameterKey": "TxlbRepository",
+                    "ParameterValue": "https://git.example/txlb.git",
+                },
+                {"ParameterKey": "TxlbRef", "ParameterValue": "v1.2"},
+                {"ParameterKey": "BackendCount", "ParameterValue": str(backend_count)},
+            ],
+        )
+        stack = cf.describe_stacks(StackName="txlb")["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+        self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        self.physical = {
+            r["LogicalResourceId"]: r["PhysicalResourceId"]
+            for r in cf.list_stack_resources(StackName="txlb")["StackResourceSummaries"]
+        }
+        vpc = self.physical["Vpc"]
+        self.groups = {
+            g["GroupId"]: g
+            for g in ec2.describe_security_groups(
+                Filters=[{"Name": "vpc-id", "Values": [vpc]}]
+            )["SecurityGroups"]
+        }
+        self.instances = {
+            i["InstanceId"]: i
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+        }
+        self.user_data = {
+            instance: base64.b64decode(
+                ec2.describe_instance_attribute(
+                    InstanceId=instance, Attribute="userData"
+                )["UserData"]["Value"]
+            ).decode()
+            for instance in self.instances
+        }
+        self.addresses = ec2.describe_addresses()["Addresses"]
+
+
+@pytest.fixture(scope="module", params=[1, 3, 4], ids=lambda n: f"{n}-backends")
+def deployed(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The template deployed into moto with 1, 3 and 4 backends."""
+    moto = pytest.importorskip("moto", reason="pip install .[test]")
+    with pytest.MonkeyPatch.context() as env:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.setenv(key, "testing")
+        for key in ("AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            env.delenv(key, raising=False)
+        env.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        with moto.mock_aws():
+            yield Deployment(request.param)
+
+
+def rules(group: dict[str, Any]) -> set[tuple[str, int, int, str]]:
+    """(protocol, from, to, source) for every ingress rule of a group."""
+    out = set()
+    for p in group["IpPermissions"]:
+        sources = [r["CidrIp"] for r in p["IpRanges"]]
+        sources += [r["CidrIpv6"] for r in p["Ipv6Ranges"]]
+        sources += [g["GroupId"] for g in p["UserIdGroupPairs"]]
+        sources += [pl["PrefixListId"] for pl in p["PrefixListIds"]]
+        for source in sources:
+            out.add(
+                (p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), source)
+            )
+    return out
+
+
+def test_deployed_security_groups(deployed: Deployment) -> None:
+    """
+    Deployed into moto: only 80 and 443 are open to the world (on the
+    balancer), nothing opens 8080, the backends' port is open only to the
+    balancer's group, SSH only to SshCidr.
+    """
+    d = deployed
+    balancer = d.groups[d.physical["BalancerSecurityGroup"]]
+    backends = d.groups[d.physical["BackendSecurityGroup"]]
+    assert rules(balancer) == {
+        ("tcp", 80, 80, "0.0.0.0/0"),
+        ("tcp", 443, 443, "0.0.0.0/0"),
+        ("tcp", 22, 22, SSH_CIDR),
+    }
+    assert rules(backends) == {
+        ("tcp", 9001, 9001, balancer["GroupId"]),
+        ("tcp", 22, 22, SSH_CIDR),
+    }
+    for group in d.groups.values():
+        for protocol, low, high, source in rules(group):
+            assert protocol != "-1", group["GroupName"]
+            assert not low <= 8080 <= high, group["GroupName"]
+            if source in ("0.0.0.0/0", "::/0"):
+                assert (low, high) in ((80, 80), (443, 443)), group["GroupName"]
+
+
+def test_deployed_instances_and_outputs(deployed: Deployment) -> None:
+    """
+    N backends and one balancer are created; the balancer's user data names
+    exactly the backends' private addresses; the dashboard URL is the
+    balancer's public address over HTTPS.
+    """
+    d = deployed
+    backend_count = d.backend_count
+    names = {
+        i["InstanceId"]: {t["Key"]: t["Value"] for t in i["Tags"]}["Name"]
+        for i in d.instances.values()
+    }
+    backend_ids = [i for i, name in names.items() if "-web" in name]
+    assert len(backend_ids) == backend_count
+    assert sorted(names.values()) == sorted(
+        ["txlb-balancer"] + [f"txlb-web{n}" for n in range(1, backend_count + 1)]
+    )
+    (balancer_id,) = [i for i, name in names.items() if name == "txlb-balancer"]
+    wanted = sorted(f"{d.instances[i]['PrivateIpAddress']}:9001" for i in backend_ids)
+    line = re.search(r"bootstrap\.sh, balancer, \"([^\"]*)\"", d.user_data[balancer_id])
+    assert line, d.user_data[balancer_id]
+    assert sorted(line.group(1).split()) == wanted
+    assert d.outputs["BackendAddresses"].split() == line.group(1).split()
+    (address,) = d.addresses
+    assert address["InstanceId"] == balancer_id
+    assert d.outputs["DashboardURL"] == f"https://{address['PublicIp']}/dashboard/"
+    for instance, text in d.user_data.items():
+        assert text.startswith("#cloud-config\n")
+        assert '--branch, "v1.2", "https://git.example/txlb.git"' in text, instance
+
+
+def test_user_data_passes_cloud_init_schema(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    """The user data of every instance, as deployed, is valid cloud-config."""
+    cloud_init = tool("cloud-init")
+    d = deployed
+    roles = set()
+    for n, text in enumerate(d.user_data.values()):
+        roles.add(text.splitlines()[1])
+        path = tmp_path / f"user-data-{n}.yaml"
+        path.write_text(text)
+        result = subprocess.run(
+            [cloud_init, "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Valid cloud-config" in result.stdout, result.stdout
+    assert len(roles) == 1 + d.backend_count  # the balancer, distinct backends
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("#cloud-config\npackages: nginx\nruncmd: {a: 1}\n")
+    result = subprocess.run(
+        [cloud_init, "schema", "--config-file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0  # the check can fail
+
+
+def test_bootstrap_shellcheck() -> None:
+    """aws/bootstrap.sh is clean under shellcheck."""
+    result = subprocess.run(
+        [tool("shellcheck"), str(BOOTSTRAP)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_bootstrap_lb_ini() -> None:
+    """
+    The lb.ini the balancer gets is valid, lists every backend, listens
+    where nginx proxies to, and trusts only nginx on the same machine.
+    """
+    result = subprocess.run(
+        ["bash", str(BOOTSTRAP), "lb-ini", "10.42.1.4:9001 10.42.1.5:9001  "],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config = parse(result.stdout, "lb.ini")
+    assert [(b.name, str(b.address)) for b in config.backends] == [
+        ("web1", "10.42.1.4:9001"),
+        ("web2", "10.42.1.5:9001"),
+    ]
+    assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert "server 127.0.0.1:8080;" in (REPO / "nginx" / "txlb.conf").read_text()
+    assert [str(n) for n in config.trusted_proxies] == ["127.0.0.1/32"]
+    empty = subprocess.run(
+        ["bash", str(BOOTSTRAP), "lb-ini", " "], capture_output=True, text=True
+    )
+    assert empty.returncode != 0
+
+
+def test_bootstrap_installs_files_that_exist() -> None:
+    """Every file of this checkout that bootstrap.sh installs is really here."""
+    text = BOOTSTRAP.read_text()
+    paths = re.findall(r"\"\$SRC/([^\"]+)\"", text)
+    assert "systemd/txlb.service" in paths and "nginx/txlb.conf" in paths
+    for path in paths:
+        assert (REPO / path).exists(), path
