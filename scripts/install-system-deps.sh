@@ -24,6 +24,11 @@ packages=(
     openssl
     procps # pgrep, pkill in tests
     ca-certificates
+    # deployment artefacts: `cloud-init schema` on the AWS user data (it stays
+    # disabled on a machine with no cloud datasource), shellcheck on
+    # aws/bootstrap.sh, systemd-socket-activate (package systemd, below)
+    cloud-init
+    shellcheck
 )
 # Only when missing: the machine may carry its own Node.js or systemd.
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
