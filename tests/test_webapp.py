@@ -120,6 +120,8 @@ class ServerStatsTests(_Case):
                 "total_requests": 1,
                 "failures": 0,
                 "weight": 1.0,
+                "configured_weight": 1.0,
+                "ejections": 0,
                 "rps": 1.0,
                 "error_rate": 0.0,
                 "share": 1.0,

@@ -179,6 +179,8 @@ class Stats:
                     "total_requests": b.total_requests,
                     "failures": b.failures,
                     "weight": b.weight,
+                    "configured_weight": b.configured_weight,
+                    "ejections": b.ejections,
                     "rps": round(count / span, 3),
                     "error_rate": round(errors / count, 4) if count else 0.0,
                     "share": round(count / total_count, 4) if total_count else 0.0,
@@ -204,12 +206,15 @@ class Stats:
                 "backends": len(backends),
                 "healthy": sum(1 for b in registry.backends if b.healthy),
                 "available": sum(
-                    1 for b in registry.backends if b.healthy and not b.draining
+                    1
+                    for b in registry.backends
+                    if b.healthy and not b.draining and not b.ejected
                 ),
                 "active_connections": sum(b.active for b in registry.backends),
                 "total_requests": sum(b.total_requests for b in registry.backends),
                 "failures": sum(b.failures for b in registry.backends),
                 "responses": self._total.responses,
+                "panic": registry.panic,
                 "rps": round(total_count / total_span, 3),
                 "error_rate": round(total_errors / total_count, 4)
                 if total_count

@@ -303,7 +303,13 @@
     setText($("kpi-up"), `${t.healthy} / ${t.backends}`);
     $("kpi-up").className = "value" + (t.healthy < t.backends ? (t.healthy === 0 ? " bad" : " warn") : " good");
     const draining = snap.backends.filter((b) => b.state === "draining").length;
-    setText($("kpi-up-sub"), draining ? `${draining} draining` : t.available === t.backends ? "all in rotation" : `${t.available} in rotation`);
+    const ejected = snap.backends.filter((b) => b.state === "ejected").length;
+    const notes = [];
+    if (t.panic) notes.push("PANIC: balancing over all");
+    if (draining) notes.push(`${draining} draining`);
+    if (ejected) notes.push(`${ejected} ejected`);
+    if (!notes.length) notes.push(t.available === t.backends ? "all in rotation" : `${t.available} in rotation`);
+    setText($("kpi-up-sub"), notes.join(" · "));
   }
 
   // --- table ------------------------------------------------------------------
@@ -465,13 +471,15 @@
       setText(c.p99, fmtMs(b.latency_ms.p99));
       setText(c.errors, fmtPct(b.error_rate));
       c.errors.className = "num" + (b.error_rate > 0 ? " warn-text" : "");
-      setText(c.weight, fmtWeight(b.weight));
+      const ramping = b.configured_weight && b.weight < b.configured_weight;
+      setText(c.weight, ramping ? `${fmtWeight(b.weight)} → ${fmtWeight(b.configured_weight)}` : fmtWeight(b.weight));
+      c.weight.title = ramping ? "Slow start: the weight grows to its configured value" : "";
       setText(c.total, fmtNumber(b.total_requests, 0));
       setText(c.failures, fmtNumber(b.failures, 0));
       fillStrip(row, b, snap.time, snap.uptime);
       setText(c.toggle, b.state === "draining" ? "Enable" : "Drain");
       c.toggle.className = b.state === "draining" ? "small" : "small danger";
-      if (document.activeElement !== c.weightInput) c.weightInput.value = String(b.weight);
+      if (document.activeElement !== c.weightInput) c.weightInput.value = String(b.configured_weight || b.weight);
       if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] || null);
     });
     for (const [name, row] of state.rows) {
