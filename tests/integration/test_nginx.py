@@ -9,6 +9,8 @@ the multi-host rehearsal in ``test_netns.py``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TWISTD, Backend, Processes, free_port
+from tests.integration.test_websocket import GUID, WebSocket
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "nginx" / "txlb.conf"
@@ -389,6 +392,42 @@ def test_sse_through_nginx_within_a_second(stack: Stack) -> None:
     conn.close()
     assert arrivals[0] - started < 1.0, arrivals[0] - started
     assert arrivals[1] - arrivals[0] < 1.0, arrivals[1] - arrivals[0]
+
+
+def test_websocket_through_nginx(stack: Stack) -> None:
+    """
+    A WebSocket handshake through nginx's TLS reaches the backend's echo
+    through txlb (101, the accept key) and frames flow both ways at once.
+    """
+    raw = socket.create_connection(("127.0.0.1", stack.https_port), timeout=10)
+    tls = stack.context.wrap_socket(raw, server_hostname="localhost")
+    key = base64.b64encode(os.urandom(16))
+    tls.sendall(
+        b"GET /_demo/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n" % key
+    )
+    ws = WebSocket.__new__(WebSocket)  # the client of test_websocket, over TLS
+    ws.sock = tls
+    ws.buffer = b""
+    while b"\r\n\r\n" not in ws.buffer:
+        ws.buffer += ws._recv()
+    head, ws.buffer = ws.buffer.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in lines[1:])
+    }
+    try:
+        assert lines[0].startswith(b"HTTP/1.1 101"), head
+        assert headers[b"sec-websocket-accept"] == base64.b64encode(
+            hashlib.sha1(key + GUID).digest()
+        )
+        for n in range(3):
+            ws.send(0x1, b"hello %d" % n)
+            assert ws.receive() == (0x1, b"hello %d" % n)
+    finally:
+        tls.close()
 
 
 def test_dashboard_files_served_by_nginx(stack: Stack) -> None:
