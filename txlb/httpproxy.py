@@ -130,6 +130,22 @@ class ProxyRequest(server.Request):
         else:
             super().gotLength(length)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        site = _site(self)
+        if site.proxy is None or site.reserved(path):
+            super().requestReceived(command, path, version)
+            return
+        # Proxied: nothing to parse (query arguments and form bodies are the
+        # backend's business), so go straight to process().
+        self.content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        self.process()
+
+    def parseCookies(self) -> None:
+        """Cookies are parsed only for the stats app (see L{process})."""
+
     def handleContentChunk(self, data: bytes) -> None:
         exchange = self._exchange
         if exchange is None:
@@ -149,6 +165,7 @@ class ProxyRequest(server.Request):
             self._exchange = _Exchange(site.proxy, self)
             self._exchange.begin(self.method, self.uri, 0)
         else:
+            super().parseCookies()
             super().process()
 
     def connectionLost(self, reason: Any) -> None:
@@ -169,6 +186,33 @@ def _client(request: server.Request) -> Any:
     return request.channel.transport
 
 
+class ProxyChannel(http.HTTPChannel):
+    """
+    An HTTP channel that looks its connection's addresses and security up
+    once, not for every request (twisted.web's Request asks on creation,
+    and C{getHost} is a system call).
+    """
+
+    _peer: Any = None
+    _host: Any = None
+    _secure: bool | None = None
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = bool(super().isSecure())
+        return self._secure
+
+
 class ProxySite(server.Site):
     """
     The proxy's site: every path goes to a backend except, when the stats
@@ -176,6 +220,7 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
+    protocol = ProxyChannel
     noisy = False
 
     def __init__(
