@@ -13,6 +13,7 @@ does O(1) work; percentiles are computed only when a snapshot is read.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -70,13 +71,23 @@ class Series:
     @ivar errors: those with a status of 500 or more.
     """
 
-    __slots__ = ("_counts", "_errors", "_latency", "_stamps", "errors", "responses")
+    __slots__ = (
+        "_counts",
+        "_errors",
+        "_stamps",
+        "_times",
+        "_values",
+        "errors",
+        "responses",
+    )
 
     def __init__(self) -> None:
         self._stamps = [-1] * _SLOTS
         self._counts = [0] * _SLOTS
         self._errors = [0] * _SLOTS
-        self._latency: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        # When each recent response ended, and how long it took.
+        self._times: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._values: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.responses = 0
         self.errors = 0
 
@@ -93,7 +104,8 @@ class Series:
         if error:
             self._errors[i] += 1
             self.errors += 1
-        self._latency.append((now, seconds))
+        self._times.append(now)
+        self._values.append(seconds)
 
     def window(self, now: float, since: float) -> tuple[int, int, float]:
         """
@@ -115,7 +127,13 @@ class Series:
     def latencies(self, now: float) -> list[float]:
         """The recent response times in seconds, sorted."""
         cutoff = now - LATENCY_WINDOW
-        return sorted(s for t, s in self._latency if t >= cutoff)
+        times = self._times
+        if not times or times[-1] < cutoff:
+            return []
+        if times[0] >= cutoff:
+            return sorted(self._values)
+        start = bisect_left(list(times), cutoff)
+        return sorted(list(self._values)[start:])
 
 
 def _latency_ms(ordered: list[float]) -> dict[str, float | None]:
@@ -140,9 +158,9 @@ class Stats:
         self._started = clock.seconds()
         self._series = {b: Series() for b in registry.backends}
         self._total = Series()
-        self._history: deque[tuple[float, tuple[float, ...], tuple[Any, ...]]] = deque(
-            maxlen=history_points
-        )
+        self._history: deque[
+            tuple[float, tuple[float | None, ...], tuple[Any, ...]]
+        ] = deque(maxlen=history_points)
 
     def observe(self, backend: Backend, status: int, seconds: float) -> None:
         """
@@ -227,25 +245,25 @@ class Stats:
         """Add one point to the history (the L{Sampler} calls this each second)."""
         now = self._clock.seconds()
 
-        def row(series: Series, active: int) -> tuple[float | None, ...]:
-            count, errors, span = series.window(now, self._started)
-            latency = _latency_ms(series.latencies(now))
-            return (
-                active,
-                round(count / span, 3),
-                latency["p50"],
-                latency["p95"],
-                latency["p99"],
-                round(errors / count, 4) if count else 0.0,
-            )
+        since = self._started
+
+        def rps(series: Series) -> float:
+            count, _, span = series.window(now, since)
+            return round(count / span, 3)
 
         backends = self._registry.backends
+        count, errors, span = self._total.window(now, since)
+        latency = _latency_ms(self._total.latencies(now))
+        totals = (
+            sum(b.active for b in backends),
+            round(count / span, 3),
+            latency["p50"],
+            latency["p95"],
+            latency["p99"],
+            round(errors / count, 4) if count else 0.0,
+        )
         self._history.append(
-            (
-                now,
-                row(self._total, sum(b.active for b in backends)),  # type: ignore[arg-type]
-                tuple((b.active, row(self._series[b], b.active)[1]) for b in backends),
-            )
+            (now, totals, tuple((b.active, rps(self._series[b])) for b in backends))
         )
 
     def history(self, seconds: float | None = None) -> dict[str, Any]:
