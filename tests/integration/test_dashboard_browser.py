@@ -402,3 +402,29 @@ def _open(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@needs_browser
+def test_dashboard_falls_back_to_polling(
+    processes: Processes, tmp_path: Path, browser: Callable[..., Browser]
+) -> None:
+    """
+    In a browser without EventSource the dashboard polls
+    /api/server-stats instead, and its charts still fill.
+    """
+    _installed_chart_js()
+    backends = _demo_backends(processes, [("solo", "2ms")])
+    balancer = _start_balancer(processes, tmp_path, backends)
+    with Load(balancer.port, threads=2, seconds=30):
+        b = browser(1280, 900)
+        b.page.add_init_script("delete window.EventSource;")
+        b.page.goto(balancer.url + "/dashboard/")
+        b.page.wait_for_selector("#stream[data-mode='polling']", timeout=10000)
+        b.page.wait_for_function(
+            "Chart.getChart('chart-rps').data.datasets[0].data.length >= 3",
+            timeout=10000,
+        )
+        # The table and totals come only from snapshots, here polled ones.
+        b.page.wait_for_selector("#backends tbody tr", timeout=10000)
+        assert b.page.locator("#backends tbody tr").count() == 1
+    assert b.problems == [], "\n".join(b.problems)
