@@ -621,7 +621,6 @@ class _Exchange:
 
     def _tunnel_ended(self, relay: Relay, why: str) -> None:
         self.bytes_sent = relay.bytes_down
-        self.log.debug("{label}: closed ({why})", label=relay.label, why=why)
         self._end(failed=False, status=101)
 
     def _timed_out(self) -> None:

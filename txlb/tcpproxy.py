@@ -218,13 +218,7 @@ class _Client(Side):
         relay.join(self, backend)
 
     def _ended(self, relay: Relay, why: str) -> None:
-        self.log.debug(
-            "{label}: closed ({why}); {up} bytes up, {down} down",
-            label=relay.label,
-            why=why,
-            up=relay.bytes_up,
-            down=relay.bytes_down,
-        )
+        # No log event per connection: twistd would write every one.
         self._release(failed=False)
 
     def _release(self, failed: bool) -> None:
