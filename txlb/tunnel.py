@@ -137,7 +137,7 @@ class Relay:
     ) -> None:
         """
         @param idle_timeout: seconds without a byte either way before both
-            connections are aborted; 0 for never.
+            connections are closed; 0 for never.
         @param on_end: called once with this relay and why it ended, when
             both connections are closed.
         @param label: names the relay in log events.
