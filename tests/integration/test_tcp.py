@@ -192,6 +192,46 @@ def test_gib_stream_bounded_memory(
     lb.wait_idle()
 
 
+def test_slow_reader_stalls_sender(
+    echo: Callable[[], int], tcp_balancer: Callable[..., TCPBalancer]
+) -> None:
+    """A client that sends but does not read is stopped by back-pressure
+    through the relay and the echo (its sends stall after a few MiB of
+    buffers), the balancer holds little of it, and every byte comes back
+    once it reads."""
+    lb = tcp_balancer([("echo", echo())])
+    baseline = lb.peak_memory_mib()
+    sock = lb.connect()
+    sock.setblocking(False)
+    block = b"x" * (1 << 16)
+    sent, stalled_since = 0, None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(block)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1:
+                break
+            time.sleep(0.01)
+    assert stalled_since is not None, f"never stalled after {sent} bytes"
+    assert sent < 256 << 20, sent
+    peak = lb.peak_memory_mib()
+    assert peak - baseline < 32, (baseline, peak)
+    sock.setblocking(True)
+    sock.settimeout(30)
+    sock.shutdown(socket.SHUT_WR)
+    received = 0
+    while piece := sock.recv(1 << 20):
+        assert piece == b"x" * len(piece)
+        received += len(piece)
+    sock.close()
+    assert received == sent
+    print(f"\nslow reader: sends stalled after {sent / (1 << 20):.1f} MiB")
+    lb.wait_idle()
+
+
 def test_refusing_backend_skipped(
     echo: Callable[[], int], tcp_balancer: Callable[..., TCPBalancer]
 ) -> None:
