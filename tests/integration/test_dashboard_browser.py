@@ -85,7 +85,7 @@ def test_installed_package_serves_the_dashboard(tmp_path: Path) -> None:
     for name in ("index.html", "app.js", "style.css", "icon.svg"):
         assert name in files
     assert "vendor/chart.umd.js" in files, "run `make web-vendor`, then reinstall"
-    assert "vendor/LICENSE.md" in files
+    assert "vendor/chart.js-LICENSE.md" in files
 
 
 def _installed_chart_js() -> None:
@@ -186,6 +186,22 @@ def _start_balancer(
     return Balancer(proc, port, tmp_path / "txlb.log")
 
 
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports: all are held open until all are chosen."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _demo_backends(
     processes: Processes, specs: list[tuple[str, str]], capacity: int = 4
 ) -> list[tuple[str, int]]:
@@ -229,6 +245,15 @@ class Browser:
     def _console(self, message: Any) -> None:
         if message.type in ("error", "warning"):
             self.problems.append(f"console {message.type}: {message.text}")
+
+    def wait_until(self, expression: str, seconds: float = 10.0) -> None:
+        """
+        Poll a JavaScript expression from here until it is true.
+
+        Not page.wait_for_function: its in-page polling evals the predicate,
+        which the dashboard's CSP (rightly) forbids.
+        """
+        _wait(lambda: bool(self.page.evaluate(expression)), seconds, expression)
 
     def series(self, canvas: str) -> list[list[dict[str, float]]]:
         """The chart's datasets' points, read from Chart.js itself."""
@@ -297,13 +322,9 @@ def test_dashboard_live_under_load(
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
 
         page.wait_for_selector("#stream[data-mode='live']", timeout=15000)
-        page.wait_for_function(
-            "document.querySelectorAll('#backends tbody tr').length === 3",
-            timeout=10000,
-        )
-        page.wait_for_function(
-            "Chart.getChart('chart-rps').data.datasets[0].data.length >= 3",
-            timeout=10000,
+        b.wait_until("document.querySelectorAll('#backends tbody tr').length === 3", 10)
+        b.wait_until(
+            "Chart.getChart('chart-rps').data.datasets[0].data.length >= 3", 10
         )
         before = b.series("chart-active")
         rps_before = b.series("chart-rps")[0]
@@ -363,7 +384,7 @@ def test_dashboard_readable_with_100_backends(
     _installed_chart_js()
     import sys
 
-    ports = [free_port() for _ in range(100)]
+    ports = _free_ports(100)
     argv = [sys.executable, "-m", "backends", "--name", "app", "--delay", "2ms-20ms"]
     for port in ports:
         argv += ["--port", str(port)]
@@ -379,9 +400,8 @@ def test_dashboard_readable_with_100_backends(
         page = b.page
         page.goto(balancer.url + "/dashboard/")
         page.wait_for_selector("#stream[data-mode='live']", timeout=15000)
-        page.wait_for_function(
-            "document.querySelectorAll('#backends tbody tr').length === 100",
-            timeout=15000,
+        b.wait_until(
+            "document.querySelectorAll('#backends tbody tr').length === 100", 15
         )
         time.sleep(4.0)
         labels = page.evaluate(
@@ -420,9 +440,8 @@ def test_dashboard_falls_back_to_polling(
         b.page.add_init_script("delete window.EventSource;")
         b.page.goto(balancer.url + "/dashboard/")
         b.page.wait_for_selector("#stream[data-mode='polling']", timeout=10000)
-        b.page.wait_for_function(
-            "Chart.getChart('chart-rps').data.datasets[0].data.length >= 3",
-            timeout=10000,
+        b.wait_until(
+            "Chart.getChart('chart-rps').data.datasets[0].data.length >= 3", 10
         )
         # The table and totals come only from snapshots, here polled ones.
         b.page.wait_for_selector("#backends tbody tr", timeout=10000)
