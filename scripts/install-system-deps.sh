@@ -15,6 +15,7 @@ packages=(
     apache2-utils # ab
     siege
     wrk
+    hey # load generator (make bench)
     nginx
     haproxy
     caddy
