@@ -137,7 +137,8 @@ class ProxyRequest(server.Request):
             return
         # Proxied: nothing to parse (query arguments and form bodies are the
         # backend's business), so go straight to process().
-        self.content.seek(0, 0)
+        if self.content is not None:
+            self.content.seek(0, 0)
         self.args = {}
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
@@ -220,7 +221,8 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
-    protocol = ProxyChannel
+    # HTTP/1.1 only: no wrapper negotiating HTTP/2 (TLS ends in front of us).
+    protocol = ProxyChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(
