@@ -3,6 +3,7 @@
 #   make test     system packages, venv, lint, typecheck, unit tests, integration tests
 #   make demo     three demo backends and txlb on http://127.0.0.1:8080/ (Ctrl-C stops all)
 #   make venv     .venv with txlb installed (not editable) and the test tools
+#   make bench    txlb against nginx, HAProxy, Caddy, aiohttp, stock Twisted (< 10 min)
 #   make clean
 
 PY ?= python3
@@ -21,8 +22,9 @@ SOURCES := $(shell find txlb backends web twisted/plugins \
 
 DEPS_STAMP := $(VENV)/.deps-stamp
 INSTALL_STAMP := $(VENV)/.txlb-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo clean
+.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo bench clean
 
 all: test
 
@@ -88,6 +90,17 @@ unit: venv
 
 pytest: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The benchmark's own packages (setup.cfg's bench extra: aiohttp, matplotlib),
+# never part of the test extras.
+$(BENCH_STAMP): $(DEPS_STAMP) setup.cfg
+	$(PIP) install -q $$($(BIN)/python -c 'import configparser as c; p = c.ConfigParser(); p.read("setup.cfg"); print(" ".join(p["options.extras_require"]["bench"].split()))')
+	touch $@
+
+# All scenarios and peers; results in bench/results/latest.{json,md,png}.
+# A subset: make bench BENCH_ARGS="--scenarios 1 --peers txlb,aiohttp,caddy"
+bench: system-deps venv $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 demo: system-deps venv
 	$(BIN)/python scripts/demo.py
