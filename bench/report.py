@@ -430,11 +430,16 @@ def markdown(results: dict[str, Any]) -> str:
         f" {meta.get('loadavg_end', [float('nan')])[0]:.2f} at the end"
         " (other work on the machine makes absolute numbers noisy; the ratios"
         " compare runs interleaved in time).",
-        f"Command: `{meta['command']}`. txlb from the {meta['txlb_from']} tree at"
-        f" {git.get('commit', '?')[:10]}"
+        f"Command: `{meta['command']}`. txlb "
+        + {
+            "source": "from the working tree",
+            "head": "as committed",
+            "installed": "as installed in .venv, from the working tree",
+        }[meta["txlb_from"]]
+        + f" at {git.get('commit', '?')[:10]}"
         + (
             f" with uncommitted changes to txlb/ ({git.get('txlb_diff_stat')})"
-            if git.get("txlb_dirty")
+            if git.get("txlb_dirty") and meta["txlb_from"] != "head"
             else ""
         )
         + ".",

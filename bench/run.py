@@ -687,6 +687,24 @@ def _versions(python: str) -> dict[str, str]:
     }
 
 
+def _txlb_tree(which: str, workdir: Path) -> str | None:
+    """The PYTHONPATH that makes twistd load txlb from the chosen tree."""
+    if which == "source":
+        return str(ROOT)
+    if which == "installed":
+        return None
+    head = workdir / "txlb-head"
+    head.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "txlb", "twisted/plugins", "web"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(head)], input=archive.stdout, check=True)
+    return str(head)
+
+
 def _git() -> dict[str, Any]:
     def git(*argv: str) -> str:
         done = subprocess.run(
@@ -759,9 +777,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     )
     parser.add_argument(
         "--txlb",
-        choices=("source", "installed"),
+        choices=("source", "head", "installed"),
         default="source",
-        help="run txlb from the source tree (default) or as installed in .venv",
+        help="run txlb from the working tree (default, uncommitted changes"
+        " included), from the last commit (HEAD), or as installed in .venv",
     )
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-chart", action="store_true")
@@ -823,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=procs,
         workdir=workdir,
         python=python,
-        txlb_pythonpath=str(ROOT) if args.txlb == "source" else None,
+        txlb_pythonpath=_txlb_tree(args.txlb, workdir),
     )
     results: dict[str, Any] = {
         "meta": {
