@@ -222,7 +222,9 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     if t["met"] is not None:
         t["met"] = t["measured"] <= 1.0
-        t["shown"] += f" ({mine:.0f} ms vs {theirs:.0f} ms)"
+        t["shown"] = (
+            f"{t['measured']:.3f}x HAProxy's p99 ({mine:.0f} ms vs {theirs:.0f} ms)"
+        )
     out.append(t)
     failing = cells.get("5-failing")
     share = _med(failing, "txlb", "error_share") if failing else None
