@@ -245,24 +245,45 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(h.active(), [0, 0])
 
     def test_retry_budget(self) -> None:
-        """Retries in progress stay within the budget: with 10 live requests
-        and a 20% budget (floor of 3 at once), the 4th concurrent retry is
-        refused with 502."""
+        """Replays of requests that reached a backend stay within the budget:
+        with 10 live requests and a 20% budget (floor of 3 at once), 3 of 10
+        requests reset before answering are replayed; the rest get 502."""
         h = Harness(backends=2, extra="retry_budget = 20")
         clients = [h.client() for _ in range(10)]
         for client in clients:
             client.send(GET)
-        # Every first attempt is refused: 3 retries go ahead, the rest fail.
-        for _ in range(10):
-            h.refuse()
+        backends = [h.accept() for _ in range(10)]
+        for backend in backends:
+            backend.close()
         answered = [c.received()[:12] for c in clients]
         self.assertEqual(answered.count(b"HTTP/1.1 502"), 7)
         self.assertEqual(len(h.pending_connects()), 3)
         self.assertEqual(h.proxy.retrying, 3)
         for _ in range(3):
             h.accept().reply(OK)
+        self.assertEqual(answered.count(b"HTTP/1.1 502"), 7)
         self.assertEqual(h.proxy.retrying, 0)
         self.assertEqual(h.proxy.live, 0)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_refused_connections_outside_the_budget(self) -> None:
+        """A refused connection did no work anywhere: its retry is bounded by
+        retries only, so a backend dying under load costs no request."""
+        h = Harness(
+            backends=2,
+            extra="retry_budget = 0\n[outlier]\nconsecutive_failures = 0",
+        )
+        clients = [h.client() for _ in range(10)]
+        for client in clients:
+            client.send(GET)
+        for _ in range(10):
+            h.refuse()
+        self.assertEqual([c.received() for c in clients], [b""] * 10)
+        for _ in range(10):
+            h.accept().reply(OK)
+        self.assertEqual(
+            [c.received()[:15] for c in clients], [b"HTTP/1.1 200 OK"] * 10
+        )
         self.assertEqual(h.active(), [0, 0])
 
     def test_passive_ejection_from_5xx(self) -> None:

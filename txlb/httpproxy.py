@@ -443,20 +443,30 @@ class _Exchange:
     def upstream_unreachable(self, why: str) -> None:
         self.attempt = None
         self.log.warn("backend unreachable: {why}", why=why)
-        self._retry_elsewhere("connection failed", b"no backend could be reached")
+        lease = self.lease
+        observe = self.proxy.observe
+        if observe is not None and lease is not None:
+            # The attempt counts in the stats as the 502 it would have been.
+            observe(lease.backend, 502, self.proxy.clock.seconds() - self.started)
+        self._retry_elsewhere(
+            "connection failed", b"no backend could be reached", budgeted=False
+        )
 
-    def _retry_elsewhere(self, cause: str, message: bytes) -> None:
+    def _retry_elsewhere(self, cause: str, message: bytes, budgeted: bool) -> None:
         """
         The chosen backend failed before answering and the request can be
         replayed: count the failure and try a backend not tried yet, within
-        C{retries} and the retry budget.
+        C{retries} and, for a request that reached a backend (C{budgeted}),
+        the retry budget.  A refused connection did no work anywhere, so its
+        retries cannot feed a retry storm; C{retries} alone bounds them.
         """
         lease, self.lease = self.lease, None
         assert lease is not None
         lease.release(failed=True, why=cause)
         proxy = self.proxy
-        if len(self.tried) <= proxy.retries and (self.retried or proxy.may_retry()):
-            if not self.retried:
+        allowed = not budgeted or self.retried or proxy.may_retry()
+        if len(self.tried) <= proxy.retries and allowed:
+            if budgeted and not self.retried:
                 self.retried = True
                 proxy.retrying += 1
             self._pick()
@@ -563,7 +573,9 @@ class _Exchange:
         ):
             # Reset before any answer, and nothing is lost by replaying.
             self._cancel_timer()
-            self._retry_elsewhere("reset before answering", b"the backend failed")
+            self._retry_elsewhere(
+                "reset before answering", b"the backend failed", budgeted=True
+            )
         else:
             self._error(502, b"the backend failed")
 
