@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txlb import registry as registry_module
 from txlb.config import Address, BackendConfig, HealthConfig, OutlierConfig
 from txlb.policy import least_conn, round_robin
 from txlb.registry import Lease, Registry
@@ -355,3 +356,96 @@ class PanicAndDrainTests(SynchronousTestCase):
             lease.release()
         held.release()
         self.assertEqual(r.backends[0].active, 0)
+
+
+class IndexTwins(RuleBasedStateMachine):
+    """
+    Two registries of 6 backends given the same random operations: one
+    selects through the heap index (its threshold lowered so that it is
+    used), its twin by scanning with the pure policy.  They must pick the
+    same backend every time.
+    """
+
+    size = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        configs = [
+            BackendConfig(
+                f"b{i}",
+                Address("127.0.0.1", 9000 + i),
+                float(1 + i % 3),
+                HealthConfig(slow_start=5.0),
+            )
+            for i in range(self.size)
+        ]
+        self.indexed = Registry(configs, self.clock)
+        self.scanned = Registry(configs, self.clock)
+        self.scanned._index = None
+        self.scanned._update_available()
+        assert self.indexed._indexed and not self.scanned._indexed
+        self.leases: list[tuple[Lease, Lease]] = []
+
+    def both(self, index: int) -> tuple[Any, Any]:
+        return self.indexed.backends[index], self.scanned.backends[index]
+
+    @rule(excluded=st.sets(st.integers(min_value=0, max_value=5), max_size=5))
+    def acquire(self, excluded: set[int]) -> None:
+        a = self.indexed.acquire([self.indexed.backends[i] for i in excluded])
+        b = self.scanned.acquire([self.scanned.backends[i] for i in excluded])
+        assert (a and a.backend.name) == (b and b.backend.name)
+        if a and b:
+            self.leases.append((a, b))
+
+    @precondition(lambda self: self.leases)
+    @rule(index=st.integers(min_value=0))
+    def release(self, index: int) -> None:
+        for lease in self.leases.pop(index % len(self.leases)):
+            lease.release()
+
+    @rule(index=st.integers(min_value=0, max_value=5), healthy=st.booleans())
+    def health(self, index: int, healthy: bool) -> None:
+        for registry, backend in zip(
+            (self.indexed, self.scanned), self.both(index), strict=True
+        ):
+            registry.set_healthy(backend, healthy, "test")
+
+    @rule(index=st.integers(min_value=0, max_value=5), weight=st.integers(1, 5))
+    def weight(self, index: int, weight: int) -> None:
+        for registry, backend in zip(
+            (self.indexed, self.scanned), self.both(index), strict=True
+        ):
+            registry.set_weight(backend, float(weight), "test")
+
+    @rule(index=st.integers(min_value=0, max_value=5), draining=st.booleans())
+    def drain(self, index: int, draining: bool) -> None:
+        for registry, backend in zip(
+            (self.indexed, self.scanned), self.both(index), strict=True
+        ):
+            registry.set_draining(backend, draining, "test")
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+class IndexTests(SynchronousTestCase):
+    def test_index_picks_as_the_policy(self) -> None:
+        """Hypothesis: the heap index and the pure policy always agree."""
+        self.patch(registry_module, "_INDEX_ABOVE", 1)
+        IndexTwins.TestCase.settings = settings(
+            max_examples=200, stateful_step_count=60, deadline=None
+        )
+        IndexTwins.TestCase().runTest()
+
+    def test_index_stays_small(self) -> None:
+        """Stale heap entries are dropped: the heap stays O(backends)."""
+        configs = [BackendConfig(f"b{i}", Address("h", i + 1)) for i in range(100)]
+        registry = Registry(configs, Clock())
+        for _ in range(10_000):
+            lease = registry.acquire()
+            assert lease is not None
+            lease.release()
+        assert registry._index is not None
+        self.assertLess(len(registry._index._heap), 2 * 100 + 64 + 1)

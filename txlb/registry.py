@@ -16,7 +16,7 @@ recorded with its time and cause.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from txlb.config import Address, BackendConfig, OutlierConfig
 from txlb.decisions import DecisionLog
 from txlb.policy import POLICIES, Policy
+from txlb.selection import LoadIndex
 
 __all__ = ["Backend", "Lease", "Registry"]
 
@@ -105,8 +106,11 @@ class Lease:
         self._released = True
         backend = self.backend
         backend.active -= 1
+        registry = self._registry
+        if registry._indexed:
+            registry._index.touch(backend)  # type: ignore[union-attr]
         if failed:
-            self._registry._failed(backend, why)
+            registry._failed(backend, why)
         elif backend.consecutive_failures:
             backend.consecutive_failures = 0
         return True
@@ -120,6 +124,9 @@ _HISTORY_LENGTH = 50
 MAX_WEIGHT = 1000.0
 # A backend starting slowly begins at this share of its weight.
 _RAMP_FLOOR = 0.05
+# Above this many backends in rotation, selection uses a heap (O(log n))
+# instead of a scan; both pick the same backend.
+_INDEX_ABOVE = 16
 
 
 class Registry:
@@ -165,6 +172,15 @@ class Registry:
         self.algorithm = algorithm
         self._policy: Policy = POLICIES[algorithm]
         self._clock = clock
+        position = {b: i for i, b in enumerate(self.backends)}
+        keys: dict[str, Any] = {
+            "least_conn": lambda b: (b.active / b.weight, b.vtime, position[b]),
+            "round_robin": lambda b: (b.vtime, position[b]),
+        }
+        self._index: LoadIndex[Backend] | None = (
+            LoadIndex(keys[algorithm]) if algorithm in keys else None
+        )
+        self._indexed = False
         self._by_name = {b.name: b for b in self.backends}
         self._available: list[Backend] = []
         self._vclock = 0.0
@@ -186,17 +202,37 @@ class Registry:
         """
         if self._ramping:
             self._advance_ramps()
+        if self._indexed:
+            return self._acquire_indexed(exclude)
         candidates = self._available
         if exclude:
             candidates = [b for b in candidates if b not in exclude]
         if not candidates:
             return None
         index = self._policy(candidates)
-        backend = candidates[index]
+        return self._chosen(candidates[index], candidates, index, exclude)
+
+    def _acquire_indexed(self, exclude: Container[Backend]) -> Lease | None:
+        backend = self._index.best(exclude)  # type: ignore[union-attr]
+        if backend is None:
+            return None
+        if self._clock.seconds() < self.decisions.next_due:
+            return self._chosen(backend, (), 0, exclude)
+        # A sampled decision lists the candidates: O(n), at most 50 a second.
+        candidates = [b for b in self._available if b not in exclude]
+        return self._chosen(backend, candidates, candidates.index(backend), exclude)
+
+    def _chosen(
+        self,
+        backend: Backend,
+        candidates: Sequence[Backend],
+        index: int,
+        exclude: Container[Backend],
+    ) -> Lease:
         self.picks += 1
         decisions = self.decisions
         now = self._clock.seconds()
-        if now >= decisions.next_due:
+        if now >= decisions.next_due and candidates:
             # Sampled (at most DecisionLog.rate per second): O(1) otherwise.
             decisions.record(now, self.picks, candidates, index, exclude)
         start = max(self._vclock, backend.vtime)
@@ -204,6 +240,8 @@ class Registry:
         backend.vtime = start + 1.0 / backend.weight
         backend.active += 1
         backend.total_requests += 1
+        if self._indexed:
+            self._index.touch(backend)  # type: ignore[union-attr]
         return Lease(backend, self)
 
     def get(self, name: str) -> Backend:
@@ -251,6 +289,7 @@ class Registry:
         old, backend.configured_weight = backend.configured_weight, weight
         if backend not in self._ramping:
             backend.weight = weight
+            self._weight_changed(backend)
         self._changed(backend, f"weight {old:g} -> {weight:g}: {reason}")
 
     # --- passive checks ---------------------------------------------------------
@@ -309,6 +348,7 @@ class Registry:
             return
         backend.ramp_start = self._clock.seconds()
         backend.weight = backend.configured_weight * _RAMP_FLOOR
+        self._weight_changed(backend)
         if backend not in self._ramping:
             self._ramping.append(backend)
 
@@ -316,6 +356,7 @@ class Registry:
         if backend in self._ramping:
             self._ramping.remove(backend)
         backend.weight = backend.configured_weight
+        self._weight_changed(backend)
 
     def _advance_ramps(self) -> None:
         now = self._clock.seconds()
@@ -326,6 +367,7 @@ class Registry:
                 self._changed(backend, f"slow start over after {backend.slow_start:g}s")
             else:
                 backend.weight = backend.configured_weight * max(_RAMP_FLOOR, share)
+                self._weight_changed(backend)
 
     def _changed(self, backend: Backend, reason: str) -> None:
         history = backend.history
@@ -360,6 +402,14 @@ class Registry:
                 threshold=self._panic_threshold,
             )
         self._available = eligible if panic else available
+        index = self._index
+        self._indexed = index is not None and len(self._available) > _INDEX_ABOVE
+        if self._indexed:
+            index.rebuild(self._available)  # type: ignore[union-attr]
+
+    def _weight_changed(self, backend: Backend) -> None:
+        if self._indexed:
+            self._index.touch(backend)  # type: ignore[union-attr]
 
     def snapshot(self) -> dict[str, Any]:
         """
