@@ -13,17 +13,16 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.processes import spawn, stop_all, wait_for_port
 from txlb.config import parse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,21 +167,12 @@ class _Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)
+        proc = spawn(argv, log, **kw)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs)
 
 
 @pytest.fixture
@@ -190,18 +180,6 @@ def procs() -> Iterator[_Procs]:
     p = _Procs()
     yield p
     p.stop()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(log.read_text())
 
 
 @pytest.mark.parametrize("listen", ["index=0", "name=http"])
@@ -216,7 +194,7 @@ def test_socket_activation(listen: str, tmp_path: Path, procs: _Procs) -> None:
     log = tmp_path / "backend.log"
     argv = [sys.executable, "-m", "backends", "--name", "web1"]
     backend = procs.start([*argv, "--port", str(backend_port)], log)
-    wait_port(backend_port, backend, log)
+    wait_for_port(backend_port, backend, log)
     ini = tmp_path / "lb.ini"
     ini.write_text(
         f"[txlb]\nlisten = systemd:domain=INET:{listen}\n"
@@ -229,7 +207,7 @@ def test_socket_activation(listen: str, tmp_path: Path, procs: _Procs) -> None:
         [activate, "--fdname=http", "-l", f"127.0.0.1:{port}", *txlb], log
     )
     # The activator listens at once; txlb starts on the first connection.
-    wait_port(port, activator, log)
+    wait_for_port(port, activator, log)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     conn.request("GET", "/via-socket")
     response = conn.getresponse()

@@ -7,17 +7,17 @@ Every process is started on free loopback ports and stopped after its test.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.processes import spawn, stop_all, wait_for_port
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -29,19 +29,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened:\n{log.read_text()}")
-
-
 class Processes:
     """Starts processes and stops every one of them at the end."""
 
@@ -51,22 +38,13 @@ class Processes:
 
     def start(self, name: str, argv: list[str], port: int) -> subprocess.Popen[bytes]:
         log = self.directory / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = spawn(argv, log)
         self.procs.append(proc)
         wait_for_port(port, proc, log)
         return proc
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs)
 
 
 @pytest.fixture

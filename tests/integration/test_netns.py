@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from tests.integration.test_nginx import (
     site_config,
     write_nginx,
 )
+from tests.processes import spawn, stop_all
 
 T = TypeVar("T")
 
@@ -157,14 +157,11 @@ class Lab:
         return name
 
     def start(self, host: str, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = self.directory / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(host), *argv],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "HOME": str(self.directory)},
-            )
+        proc = spawn(
+            ["ip", "netns", "exec", self.ns(host), *argv],
+            self.directory / f"{name}.log",
+            env={**os.environ, "HOME": str(self.directory)},
+        )
         self.procs.append(proc)
         return proc
 
@@ -197,15 +194,7 @@ class Lab:
         return done.stdout + done.stderr
 
     def tear_down(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs)
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
