@@ -140,6 +140,7 @@ class StatsTests(SynchronousTestCase):
                 "weight",
                 "configured_weight",
                 "ejections",
+                "consecutive_failures",
                 "rps",
                 "error_rate",
                 "share",

@@ -122,6 +122,7 @@ class ServerStatsTests(_Case):
                 "weight": 1.0,
                 "configured_weight": 1.0,
                 "ejections": 0,
+                "consecutive_failures": 0,
                 "rps": 1.0,
                 "error_rate": 0.0,
                 "share": 1.0,

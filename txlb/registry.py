@@ -411,45 +411,53 @@ class Registry:
         if self._indexed:
             self._index.touch(backend)  # type: ignore[union-attr]
 
+    def describe(self, b: Backend) -> dict[str, Any]:
+        """One backend's state and counters as plain data."""
+        return {
+            "name": b.name,
+            "address": str(b.address),
+            "healthy": b.healthy,
+            "state": b.state,
+            "draining": b.draining,
+            "active_connections": b.active,
+            "total_requests": b.total_requests,
+            "failures": b.failures,
+            "weight": b.weight,
+            "configured_weight": b.configured_weight,
+            "ejections": b.ejections,
+            "consecutive_failures": b.consecutive_failures,
+            "history": [
+                {
+                    "time": t.time,
+                    "healthy": t.healthy,
+                    "state": t.state,
+                    "reason": t.reason,
+                }
+                for t in b.history
+            ],
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """Counts over all backends as plain data."""
+        backends = self.backends
+        return {
+            "backends": len(backends),
+            "healthy": sum(1 for b in backends if b.healthy),
+            "available": len(self._available),
+            "active_connections": sum(b.active for b in backends),
+            "total_requests": sum(b.total_requests for b in backends),
+            "failures": sum(b.failures for b in backends),
+            "panic": self.panic,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """
-        The registry as plain data for C{/api/server-stats}.
+        The registry as plain data (the stats app adds rates and latencies
+        to it for C{/api/server-stats}).
         """
-        backends = [
-            {
-                "name": b.name,
-                "address": str(b.address),
-                "healthy": b.healthy,
-                "state": b.state,
-                "active_connections": b.active,
-                "total_requests": b.total_requests,
-                "failures": b.failures,
-                "weight": b.weight,
-                "configured_weight": b.configured_weight,
-                "ejections": b.ejections,
-                "consecutive_failures": b.consecutive_failures,
-                "history": [
-                    {
-                        "time": t.time,
-                        "healthy": t.healthy,
-                        "state": t.state,
-                        "reason": t.reason,
-                    }
-                    for t in b.history
-                ],
-            }
-            for b in self.backends
-        ]
         return {
             "time": self._clock.seconds(),
             "algorithm": self.algorithm,
-            "backends": backends,
-            "totals": {
-                "backends": len(backends),
-                "healthy": len(self._available),
-                "active_connections": sum(b.active for b in self.backends),
-                "total_requests": sum(b.total_requests for b in self.backends),
-                "failures": sum(b.failures for b in self.backends),
-                "panic": self.panic,
-            },
+            "backends": [self.describe(b) for b in self.backends],
+            "totals": self.totals(),
         }

@@ -188,30 +188,11 @@ class Stats:
             count, errors, span = series.window(now, self._started)
             backends.append(
                 {
-                    "name": b.name,
-                    "address": str(b.address),
-                    "healthy": b.healthy,
-                    "state": b.state,
-                    "draining": b.draining,
-                    "active_connections": b.active,
-                    "total_requests": b.total_requests,
-                    "failures": b.failures,
-                    "weight": b.weight,
-                    "configured_weight": b.configured_weight,
-                    "ejections": b.ejections,
+                    **registry.describe(b),
                     "rps": round(count / span, 3),
                     "error_rate": round(errors / count, 4) if count else 0.0,
                     "share": round(count / total_count, 4) if total_count else 0.0,
                     "latency_ms": _latency_ms(series.latencies(now)),
-                    "history": [
-                        {
-                            "time": t.time,
-                            "healthy": t.healthy,
-                            "state": t.state,
-                            "reason": t.reason,
-                        }
-                        for t in b.history
-                    ],
                 }
             )
         return {
@@ -221,18 +202,8 @@ class Stats:
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
             "totals": {
-                "backends": len(backends),
-                "healthy": sum(1 for b in registry.backends if b.healthy),
-                "available": sum(
-                    1
-                    for b in registry.backends
-                    if b.healthy and not b.draining and not b.ejected
-                ),
-                "active_connections": sum(b.active for b in registry.backends),
-                "total_requests": sum(b.total_requests for b in registry.backends),
-                "failures": sum(b.failures for b in registry.backends),
+                **registry.totals(),
                 "responses": self._total.responses,
-                "panic": registry.panic,
                 "rps": round(total_count / total_span, 3),
                 "error_rate": round(total_errors / total_count, 4)
                 if total_count
