@@ -54,6 +54,19 @@ def test_sequential_requests_rotate(
     assert [b["total_requests"] for b in lb.stats()["backends"]] == [100, 100, 100]
     assert_no_leaks(lb)
 
+    # The access log (JSON lines, written by its own thread) has every one.
+    access_log = lb.log.parent / "access.log"
+    deadline = time.monotonic() + 5
+    records: list[dict[str, object]] = []
+    while len(records) < 300 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = [json.loads(line) for line in access_log.read_text().splitlines()]
+    proxied = [r for r in records if r["uri"] == "/"]
+    assert len(proxied) == 300, len(proxied)
+    assert [r["backend"] for r in proxied[:3]] == ["web0", "web1", "web2"]
+    assert {r["status"] for r in proxied} == {200}
+    assert all(0 <= r["upstream_time"] <= r["total_time"] for r in proxied)  # type: ignore[operator]
+
 
 def run_tool(argv: list[str]) -> str:
     if shutil.which(argv[0]) is None:
