@@ -76,6 +76,10 @@ def unit_root(tmp_path: Path) -> Path:
     for program in ("twistd", "txlb-demo-backend"):
         (bin_dir / program).write_text("#!/bin/sh\n")
         (bin_dir / program).chmod(0o755)
+    # ExecReload's kill.
+    (root / "bin").mkdir()
+    (root / "bin" / "kill").write_text("#!/bin/sh\n")
+    (root / "bin" / "kill").chmod(0o755)
     system = Path("/usr/lib/systemd/system")
     if not system.is_dir():
         system = Path("/lib/systemd/system")

@@ -133,6 +133,7 @@ class Config:
     trusted_proxies: tuple[Network, ...] = ()
     retry_budget: int = 50
     panic_threshold: int = 0
+    shutdown_timeout: float = 30.0
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
 
@@ -288,6 +289,7 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "access_log_format": (_choice(LOG_FORMATS), "one of " + ", ".join(LOG_FORMATS)),
     "retry_budget": (_percent, "a percentage of live requests, 0 to 100"),
     "panic_threshold": (_percent, "a percentage of healthy backends, 0 (off) to 100"),
+    "shutdown_timeout": (_duration, _DURATION_HELP),
     "admin_token_file": (
         _text,
         "empty (admin actions off) or the path of a file holding the admin token",

@@ -64,6 +64,14 @@ class HealthChecker(Service):
         self._loop.clock = clock
         self._period = min(t.health.interval for t in self._tracks.values())
 
+    def track(self, backend: Backend, health: HealthConfig) -> None:
+        """Probe a backend added by a reload, from the next tick."""
+        self._tracks[backend] = _Track(health)
+
+    def forget(self, backend: Backend) -> None:
+        """Stop probing a backend removed by a reload."""
+        self._tracks.pop(backend, None)
+
     def startService(self) -> None:
         super().startService()
         self._loop.start(self._period, now=True)

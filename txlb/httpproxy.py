@@ -198,6 +198,19 @@ class ProxyChannel(http.HTTPChannel):
     _host: Any = None
     _secure: bool | None = None
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The site's open connections, for a graceful shutdown.
+        connections = getattr(self.site, "connections", None)  # type: ignore[attr-defined]
+        if connections is not None:
+            connections.add(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        connections = getattr(self.site, "connections", None)  # type: ignore[attr-defined]
+        if connections is not None:
+            connections.discard(self)
+        super().connectionLost(reason)
+
     def getPeer(self) -> Any:
         if self._peer is None:
             self._peer = super().getPeer()
@@ -235,6 +248,7 @@ class ProxySite(server.Site):
         super().__init__(resource, reactor=reactor)
         self.proxy = proxy
         self._reserve = reserve
+        self.connections: set[ProxyChannel] = set()
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""

@@ -133,14 +133,28 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.prometheus,
         )
-        self._children = {
-            b: (
-                [requests.labels(b.name, c) for c in STATUS_CLASSES],
-                duration.labels(b.name),
-            )
-            for b in registry.backends
-        }
+        self._requests = requests
+        self._duration = duration
+        self._children: dict[Backend, tuple[list[Counter], Histogram]] = {}
+        for b in registry.backends:
+            self.track(b)
         self.prometheus.register(_RegistryCollector(registry))
+
+    def track(self, backend: Backend) -> None:
+        """Create the series of a backend (at start-up, or added by a reload)."""
+        name = backend.name
+        self._children[backend] = (
+            [self._requests.labels(name, c) for c in STATUS_CLASSES],
+            self._duration.labels(name),
+        )
+
+    def forget(self, backend: Backend) -> None:
+        """Drop the series of a backend removed by a reload."""
+        if self._children.pop(backend, None) is None:
+            return
+        for c in STATUS_CLASSES:
+            self._requests.remove(backend.name, c)
+        self._duration.remove(backend.name)
 
     def observe(self, backend: Backend, status: int, seconds: float) -> None:
         """

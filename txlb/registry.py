@@ -172,7 +172,8 @@ class Registry:
         self.algorithm = algorithm
         self._policy: Policy = POLICIES[algorithm]
         self._clock = clock
-        position = {b: i for i, b in enumerate(self.backends)}
+        # Configuration order, for exact ties; backends added later go last.
+        self._position = position = {b: i for i, b in enumerate(self.backends)}
         keys: dict[str, Any] = {
             "least_conn": lambda b: (b.active / b.weight, b.vtime, position[b]),
             "round_robin": lambda b: (b.vtime, position[b]),
@@ -249,6 +250,49 @@ class Registry:
         @raise KeyError: no backend has that name.
         """
         return self._by_name[name]
+
+    def add(self, config: BackendConfig) -> Backend:
+        """
+        Add a backend (a reload), after the others in configuration order.
+        It starts as configured (C{initial_state}), and at the current
+        virtual time, so round robin does not send it a burst to catch up.
+
+        @raise ValueError: a backend already has that name.
+        """
+        if config.name in self._by_name:
+            raise ValueError(f"backend {config.name} exists")
+        known = config.health.initial_state == "healthy"
+        backend = Backend(
+            config.name,
+            config.address,
+            config.weight,
+            healthy=known,
+            configured_weight=config.weight,
+            slow_start=config.health.slow_start,
+            probed=known,
+            vtime=self._vclock,
+        )
+        self._position[backend] = max(self._position.values(), default=-1) + 1
+        self.backends.append(backend)
+        self._by_name[backend.name] = backend
+        why = "added by reload" + ("" if known else "; waiting for a probe")
+        self._changed(backend, why)
+        return backend
+
+    def remove(self, backend: Backend) -> None:
+        """
+        Forget a backend (a reload; drain it first so none of its requests
+        is cut).  Leases still out on it release harmlessly.
+        """
+        if self._by_name.get(backend.name) is not backend:
+            return
+        self.backends.remove(backend)
+        del self._by_name[backend.name]
+        if backend in self._ramping:
+            self._ramping.remove(backend)
+        self._update_available()
+        self._position.pop(backend, None)
+        self.log.info("backend {backend} removed", backend=backend.name)
 
     def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
         """

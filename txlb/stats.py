@@ -162,6 +162,14 @@ class Stats:
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
 
+    def track(self, backend: Backend) -> None:
+        """Keep series for a backend added by a reload."""
+        self._series.setdefault(backend, Series())
+
+    def forget(self, backend: Backend) -> None:
+        """Drop the series of a backend removed by a reload."""
+        self._series.pop(backend, None)
+
     def observe(self, backend: Backend, status: int, seconds: float) -> None:
         """
         Count one finished request (the signature of C{HTTPProxy}'s

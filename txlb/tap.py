@@ -23,6 +23,7 @@ from txlb.accesslog import AccessLog
 from txlb.config import Config, ConfigError, load
 from txlb.health import HealthChecker
 from txlb.httpproxy import HTTPProxy, ProxySite
+from txlb.lifecycle import Lifecycle, Reloader, ReloadOnSignal
 from txlb.probes import HTTPProbe, TCPProbe
 from txlb.registry import Registry
 from txlb.stats import Sampler
@@ -126,7 +127,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config = options.config
-    top = MultiService()
+    # Stops the listeners first and drains the connections (SIGTERM).
+    top = Lifecycle(reactor, config.shutdown_timeout)
     registry = Registry(
         config.backends,
         reactor,
@@ -169,13 +171,22 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
-    HealthChecker(
+    health = HealthChecker(
         registry,
         HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
         TCPProbe(reactor),
         reactor,
         {b.name: b.health for b in config.backends},
-    ).setServiceParent(top)
+    )
+    health.setServiceParent(top)
+    if config.mode == "tcp":
+        top.watch(front.proxy.connections)
+        reloader = Reloader(config, registry, reactor, health, app, tcp=front.proxy)
+    else:
+        top.watch(front.connections)
+        reloader = Reloader(config, registry, reactor, health, app, http=proxy)
+    # SIGHUP re-reads the same file.
+    ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
 
 

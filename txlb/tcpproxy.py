@@ -66,6 +66,8 @@ class TCPProxy:
         self.connect_timeout = config.connect_timeout
         self.idle_timeout = config.idle_timeout
         self.retries = config.retries
+        # Open client connections, for a graceful shutdown.
+        self.connections: set[_Client] = set()
         by_name = {b.name: b.proxy_protocol for b in config.backends}
         self.proxy_protocol: dict[Backend, str] = {
             b: by_name.get(b.name, "none") for b in registry.backends
@@ -101,6 +103,7 @@ class _Client(Side):
         self.started = 0.0
 
     def connectionMade(self) -> None:
+        self.proxy.connections.add(self)
         # Nothing is read from the client until it has somewhere to go.
         self.transport.pauseProducing()  # type: ignore[union-attr]
         if ITCPTransport.providedBy(self.transport):
@@ -126,6 +129,7 @@ class _Client(Side):
             self.relay.read_ended(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.proxy.connections.discard(self)
         if self.relay is not None:
             self.relay.lost(self, reason)
             return

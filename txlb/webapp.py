@@ -309,6 +309,16 @@ class StatsApp:
         self.stats.observe(backend, status, seconds)
         self.metrics.observe(backend, status, seconds)
 
+    def track(self, backend: Backend) -> None:
+        """Stats and metrics for a backend added by a reload."""
+        self.stats.track(backend)
+        self.metrics.track(backend)
+
+    def forget(self, backend: Backend) -> None:
+        """Drop the stats and metrics of a backend removed by a reload."""
+        self.stats.forget(backend)
+        self.metrics.forget(backend)
+
     def resource(self) -> IResource:
         """The twisted.web resource serving this app."""
         return _Secure(self.app.resource())

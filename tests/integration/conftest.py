@@ -113,6 +113,10 @@ def balancer(processes: Processes, tmp_path: Path) -> Callable[..., Balancer]:
         # Kept with the test's files, for reading when a test fails.
         text += f"access_log = {tmp_path / 'access.log'}\naccess_log_format = json\n"
         text += f"{extra}\n"
+        if "shutdown_timeout" not in extra:
+            # Teardown's SIGTERM need not wait for what a test left open
+            # (a WebSocket tunnel drains until it ends).
+            text += "shutdown_timeout = 1s\n"
         text += f"[health]\n{health}\n"
         for name, backend_port in backends:
             text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n"

@@ -188,6 +188,8 @@ class Stack:
         text = (
             f"[txlb]\nlisten = tcp:{self.txlb_port}:interface=127.0.0.1\n"
             "trusted_proxies = 127.0.0.1\n"
+            # The WebSocket test leaves a tunnel open: SIGTERM need not wait.
+            "shutdown_timeout = 1s\n"
             f"access_log = {directory / 'txlb-access.log'}\naccess_log_format = json\n"
             "[health]\ninterval = 500ms\ntimeout = 400ms\n"
         )
