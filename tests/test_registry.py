@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -449,3 +450,86 @@ class IndexTests(SynchronousTestCase):
             lease.release()
         assert registry._index is not None
         self.assertLess(len(registry._index._heap), 2 * 100 + 64 + 1)
+
+
+class LeastTimeTests(SynchronousTestCase):
+    def setup(self, n: int = 3, decay: float = 10.0) -> tuple[Registry, Clock]:
+        clock = Clock()
+        configs = [BackendConfig(f"b{i}", Address("h", i + 1)) for i in range(n)]
+        return Registry(configs, clock, "least_time", ewma_decay=decay), clock
+
+    def sample(self, r: Registry, index: int, seconds: float) -> None:
+        backend = r.backends[index]
+        lease = r.acquire(exclude=[b for b in r.backends if b is not backend])
+        assert lease is not None
+        lease.release(seconds=seconds)
+
+    def test_without_latencies_it_is_least_connections(self) -> None:
+        """With no latency yet (or in TCP mode) least_time picks by load and
+        rotates ties, like least_conn."""
+        r, _ = self.setup()
+        held = [r.acquire() for _ in range(3)]
+        self.assertEqual([h.backend.name for h in held if h], ["b0", "b1", "b2"])
+        held[1].release()  # type: ignore[union-attr]
+        lease = r.acquire()
+        assert lease is not None
+        self.assertEqual(lease.backend.name, "b1")
+
+    def test_expected_wait_decides(self) -> None:
+        """A slow backend with no queue loses to a fast one with a queue
+        until the fast one's queue costs more than the slow one's latency."""
+        r, _ = self.setup(n=2)
+        self.sample(r, 0, 0.005)
+        self.sample(r, 1, 0.080)
+        names = [p.backend.name for p in (r.acquire() for _ in range(16)) if p]
+        # 5 ms x (n + 1) stays below 80 ms x 1 up to 15 active.
+        self.assertEqual(names[:15], ["b0"] * 15)
+        self.assertEqual(names[15], "b1")
+
+    def test_samples_are_per_request_at_load(self) -> None:
+        """A latency is divided by the requests in flight when it was sent
+        (Little's law): 4 requests sharing a backend that took 40 ms each
+        mean 10 ms per request at that load."""
+        r, _ = self.setup(n=1)
+        leases = [r.acquire() for _ in range(4)]
+        leases[-1].release(seconds=0.040)  # type: ignore[union-attr]
+        self.assertAlmostEqual(r.backends[0].latency_ewma, 0.010)
+
+    def test_average_weighted_by_age(self) -> None:
+        """A new sample weighs by the time since the last one over the time
+        constant: after 5 s of a 10 s constant, exp(-0.5) stays."""
+        r, clock = self.setup(n=1, decay=10.0)
+        self.sample(r, 0, 0.100)
+        clock.advance(5)
+        self.sample(r, 0, 0.0)
+        self.assertAlmostEqual(
+            r.backends[0].latency_ewma, 0.100 * math.exp(-0.5), places=6
+        )
+
+    def test_idle_estimate_fades(self) -> None:
+        """A backend with no recent sample looks faster and faster, so it is
+        tried again instead of being starved."""
+        r, clock = self.setup(n=2, decay=10.0)
+        self.sample(r, 0, 0.010)
+        self.sample(r, 1, 0.200)
+        for _ in range(3):
+            lease = r.acquire()
+            assert lease is not None and lease.backend.name == "b0"
+            lease.release()  # no latency: a client that left
+        clock.advance(30)
+        self.sample(r, 0, 0.010)
+        lease = r.acquire()
+        assert lease is not None
+        self.assertAlmostEqual(r.backends[1].latency, 0.200 * math.exp(-3), places=6)
+        self.assertEqual(lease.backend.name, "b1")
+
+    def test_decisions_explain_expected_wait(self) -> None:
+        """The decision log explains a least_time choice by expected wait."""
+        r, clock = self.setup(n=2)
+        clock.advance(1)
+        self.sample(r, 0, 0.004)
+        clock.advance(1)
+        r.acquire()
+        reason = r.decisions.describe(1)[0]["reason"]
+        self.assertIn("b1 had the shortest expected wait of 2 candidates", reason)
+        self.assertIn("latency 0 ms x (0 active + 1)", reason)

@@ -202,7 +202,16 @@ class ReadOnlyEndpointTests(_Case):
         )
         self.assertEqual(
             set(first["candidates"][0]),
-            {"name", "active", "weight", "load", "vtime", "winner", "tied"},
+            {
+                "name",
+                "active",
+                "weight",
+                "load",
+                "latency_ms",
+                "vtime",
+                "winner",
+                "tied",
+            },
         )
 
     def test_metrics(self) -> None:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MODES = ("http", "tcp")
-ALGORITHMS = ("least_conn", "round_robin")
+ALGORITHMS = ("least_conn", "round_robin", "least_time")
 LOG_FORMATS = ("combined", "json")
 PROXY_PROTOCOLS = ("none", "v1", "v2")
 INITIAL_STATES = ("healthy", "unknown")
@@ -132,6 +132,7 @@ class Config:
     events_rate: float = 2.0
     trusted_proxies: tuple[Network, ...] = ()
     retry_budget: int = 50
+    ewma_decay: float = 10.0
     panic_threshold: int = 0
     shutdown_timeout: float = 30.0
     health: HealthConfig = HealthConfig()
@@ -288,6 +289,7 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "access_log": (_text, "empty (off), - for standard output, or a file path"),
     "access_log_format": (_choice(LOG_FORMATS), "one of " + ", ".join(LOG_FORMATS)),
     "retry_budget": (_percent, "a percentage of live requests, 0 to 100"),
+    "ewma_decay": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "panic_threshold": (_percent, "a percentage of healthy backends, 0 (off) to 100"),
     "shutdown_timeout": (_duration, _DURATION_HELP),
     "admin_token_file": (

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING, Any
 
+from txlb.policy import _LATENCY_FLOOR
+
 if TYPE_CHECKING:
     from txlb.registry import Backend
 
@@ -28,15 +30,21 @@ RATE = 50.0
 _SHOWN = 12
 """Candidates listed per decision (ranked by the policy); the rest are counted."""
 
-# (time, pick number, index of the winner, ((backend, active, weight, vtime), ...),
+# (time, pick number, index of the winner,
+#  ((backend, active, weight, vtime, latency estimate), ...),
 #  backends excluded because this request already tried them)
-_Entry = tuple[
-    float,
-    int,
-    int,
-    tuple[tuple["Backend", int, float, float], ...],
-    tuple["Backend", ...],
-]
+_Candidate = tuple["Backend", int, float, float, float]
+_Entry = tuple[float, int, int, tuple[_Candidate, ...], tuple["Backend", ...]]
+
+
+def _score(algorithm: str, c: _Candidate) -> float:
+    """What the policy minimised (see L{txlb.policy}); 0 for round robin."""
+    _, active, weight, _, latency = c
+    if algorithm == "least_conn":
+        return active / weight
+    if algorithm == "least_time":
+        return (latency + _LATENCY_FLOOR) * (active + 1) / weight
+    return 0.0
 
 
 class DecisionLog:
@@ -76,7 +84,7 @@ class DecisionLog:
                 now,
                 pick,
                 index,
-                tuple((b, b.active, b.weight, b.vtime) for b in candidates),
+                tuple((b, b.active, b.weight, b.vtime, b.latency) for b in candidates),
                 tuple(excluded) if excluded else (),  # type: ignore[arg-type]
             )
         )
@@ -95,32 +103,33 @@ class DecisionLog:
 
     def _describe(self, entry: _Entry) -> dict[str, Any]:
         now, pick, index, candidates, excluded = entry
-        by_load = self.algorithm == "least_conn"
+        algorithm = self.algorithm
+        by_load = algorithm != "round_robin"
 
-        def rank(
-            item: tuple[int, tuple[Backend, int, float, float]],
-        ) -> tuple[float, float, int]:
-            i, (_, active, weight, vtime) = item
-            return (active / weight if by_load else 0.0, vtime, i)
+        def rank(item: tuple[int, _Candidate]) -> tuple[float, float, int]:
+            i, c = item
+            return (_score(algorithm, c), c[3], i)
 
         ranked = sorted(enumerate(candidates), key=rank)
         winner = candidates[index]
-        best_load = winner[1] / winner[2]
+        best = _score(algorithm, winner)
         if by_load:
-            tied = [c for c in candidates if c[1] / c[2] == best_load]
+            tied = [c for c in candidates if _score(algorithm, c) == best]
         else:
             tied = list(candidates)
         shown = []
-        for i, (backend, active, weight, vtime) in ranked[:_SHOWN]:
+        for i, c in ranked[:_SHOWN]:
+            backend, active, weight, vtime, latency = c
             shown.append(
                 {
                     "name": backend.name,
                     "active": active,
                     "weight": weight,
                     "load": active / weight,
+                    "latency_ms": round(latency * 1000, 3),
                     "vtime": vtime,
                     "winner": i == index,
-                    "tied": by_load and active / weight == best_load and len(tied) > 1,
+                    "tied": by_load and _score(algorithm, c) == best and len(tied) > 1,
                 }
             )
         return {
@@ -138,19 +147,31 @@ class DecisionLog:
 
 def _reason(
     algorithm: str,
-    winner: tuple[Backend, int, float, float],
-    tied: list[tuple[Backend, int, float, float]],
+    winner: _Candidate,
+    tied: list[_Candidate],
     total: int,
 ) -> str:
     name, active, weight = winner[0].name, winner[1], winner[2]
     load = f"{active} active / weight {weight:g} = {active / weight:.3g}"
     if total == 1:
         return f"{name} was the only backend available ({load})"
-    if algorithm != "least_conn":
+    if algorithm == "round_robin":
         return (
             f"{name} had the smallest virtual time ({winner[3]:.1f}) of"
             f" {total} candidates; round robin ignores load"
         )
+    if algorithm == "least_time":
+        wait = _score(algorithm, winner) * 1000
+        why = (
+            f"{name} had the shortest expected wait of {total} candidates:"
+            f" latency {winner[4] * 1000:.3g} ms x ({active} active + 1)"
+            f" / weight {weight:g} = {wait:.3g} ms"
+        )
+        if len(tied) > 1:
+            why += (
+                f", tied with {len(tied) - 1} more; it had been served least recently"
+            )
+        return why
     if len(tied) == 1:
         return f"{name} had the lowest load of {total} candidates: {load}"
     return (

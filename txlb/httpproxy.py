@@ -724,17 +724,19 @@ class _Exchange:
             proxy.retrying -= 1
         lease, self.lease = self.lease, None
         if lease is not None:
-            lease.release(
-                failed=failed, why=_FAILURES.get(status) or f"answered {status}"
-            )
-            observe = self.proxy.observe
             # A tunnel's (101) time to switch was observed when it switched.
-            if observe is not None and self.upstream_started and status != 101:
-                observe(
-                    lease.backend,
-                    status,
-                    self.proxy.clock.seconds() - self.upstream_started,
-                )
+            elapsed = None
+            if self.upstream_started and status != 101:
+                elapsed = proxy.clock.seconds() - self.upstream_started
+            lease.release(
+                failed=failed,
+                why=_FAILURES.get(status) or f"answered {status}",
+                # A client that left (499) says nothing of the backend's speed.
+                seconds=elapsed if status != 499 else None,
+            )
+            observe = proxy.observe
+            if observe is not None and elapsed is not None:
+                observe(lease.backend, status, elapsed)
         log = self.proxy.access_log
         if log is not None:
             self._log_access(log, lease, status)

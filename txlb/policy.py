@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["POLICIES", "Candidate", "Policy", "least_conn", "round_robin"]
+__all__ = ["POLICIES", "Candidate", "Policy", "least_conn", "least_time", "round_robin"]
+
+# Added to every latency estimate, so that backends without one (no answer
+# yet, or TCP mode, where a connection's length is no latency) are compared
+# by their load alone: least_time is then least connections.
+_LATENCY_FLOOR = 1e-6
 
 
 class Candidate(Protocol):
@@ -27,6 +32,9 @@ class Candidate(Protocol):
 
     @property
     def vtime(self) -> float: ...
+
+    @property
+    def latency(self) -> float: ...
 
 
 Policy = Callable[[Sequence[Candidate]], int]
@@ -67,4 +75,31 @@ def round_robin(candidates: Sequence[Candidate]) -> int:
     return best
 
 
-POLICIES: dict[str, Policy] = {"least_conn": least_conn, "round_robin": round_robin}
+def least_time(candidates: Sequence[Candidate]) -> int:
+    """
+    Least expected time (as nginx's least_time, with Linkerd's EWMA): the
+    index of the candidate with the shortest expected wait, its time per
+    request at load (C{latency}) times its active requests plus this one,
+    per unit of weight; ties go to the smallest C{vtime}.  Unlike least
+    connections it sees that an equal queue drains slower on a slow backend.
+
+    @param candidates: a non-empty sequence whose C{latency} the registry
+        has brought up to date.
+    """
+    best = 0
+    first = candidates[0]
+    best_cost = (first.latency + _LATENCY_FLOOR) * (first.active + 1) / first.weight
+    best_vtime = first.vtime
+    for i in range(1, len(candidates)):
+        c = candidates[i]
+        cost = (c.latency + _LATENCY_FLOOR) * (c.active + 1) / c.weight
+        if cost < best_cost or (cost == best_cost and c.vtime < best_vtime):
+            best, best_cost, best_vtime = i, cost, c.vtime
+    return best
+
+
+POLICIES: dict[str, Policy] = {
+    "least_conn": least_conn,
+    "round_robin": round_robin,
+    "least_time": least_time,
+}

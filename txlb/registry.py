@@ -16,6 +16,7 @@ recorded with its time and cause.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
@@ -63,6 +64,9 @@ class Backend:
     consecutive_failures: int = 0
     ramp_start: float = 0.0
     last_unejected: float = 0.0
+    latency: float = 0.0
+    latency_ewma: float = 0.0
+    latency_stamp: float = 0.0
 
     @property
     def state(self) -> str:
@@ -85,20 +89,26 @@ class Lease:
     @ivar backend: the backend chosen.
     """
 
-    __slots__ = ("_registry", "_released", "backend")
+    __slots__ = ("_registry", "_released", "_sharing", "backend")
 
     def __init__(self, backend: Backend, registry: Registry) -> None:
         self.backend = backend
         self._registry = registry
         self._released = False
+        # Requests in flight on the backend when this one was sent, itself
+        # included: what its latency is shared with (see _observe_latency).
+        self._sharing = backend.active
 
-    def release(self, failed: bool = False, why: str = "") -> bool:
+    def release(
+        self, failed: bool = False, why: str = "", seconds: float | None = None
+    ) -> bool:
         """
         Give the slot back.  Only the first call counts.
 
         @param failed: the backend failed this request (counted in
             C{failures}, and towards passive ejection).
         @param why: what the failure was, in a few words.
+        @param seconds: how long the backend took (for least_time).
         @return: whether this call released it.
         """
         if self._released:
@@ -109,6 +119,8 @@ class Lease:
         registry = self._registry
         if registry._indexed:
             registry._index.touch(backend)  # type: ignore[union-attr]
+        if seconds is not None and registry._latency_aware:
+            registry._observe_latency(backend, seconds / self._sharing)
         if failed:
             registry._failed(backend, why)
         elif backend.consecutive_failures:
@@ -145,11 +157,15 @@ class Registry:
         algorithm: str = "least_conn",
         outlier: OutlierConfig | None = None,
         panic_threshold: int = 0,
+        ewma_decay: float = 10.0,
     ) -> None:
         """
         @param outlier: when to eject backends that fail real requests.
         @param panic_threshold: below this percentage of healthy backends,
             balance over all of them (0: never).
+        @param ewma_decay: least_time's time constant, in seconds: samples
+            older than this weigh less than 1/e, and so does the estimate of
+            a backend that has had no sample for that long.
         """
         self.backends: list[Backend] = []
         for b in backends:
@@ -182,6 +198,8 @@ class Registry:
             LoadIndex(keys[algorithm]) if algorithm in keys else None
         )
         self._indexed = False
+        self._latency_aware = algorithm == "least_time"
+        self._ewma_decay = ewma_decay
         self._by_name = {b.name: b for b in self.backends}
         self._available: list[Backend] = []
         self._vclock = 0.0
@@ -210,6 +228,8 @@ class Registry:
             candidates = [b for b in candidates if b not in exclude]
         if not candidates:
             return None
+        if self._latency_aware:
+            self._estimate(candidates)
         index = self._policy(candidates)
         return self._chosen(candidates[index], candidates, index, exclude)
 
@@ -384,6 +404,38 @@ class Registry:
         if backend.healthy:
             self._start_ramp(backend)
         self._changed(backend, "ejection time over")
+
+    # --- latency estimates (least_time) -------------------------------------
+
+    def _estimate(self, candidates: Sequence[Backend]) -> None:
+        """
+        Set each candidate's C{latency}, the estimate the policy reads: its
+        average, faded by the time since its last sample, so that a backend
+        that was slow once and then got no traffic is tried again after a
+        while instead of being starved for ever.
+        """
+        now = self._clock.seconds()
+        tau = self._ewma_decay
+        for b in candidates:
+            b.latency = b.latency_ewma * math.exp(-(now - b.latency_stamp) / tau)
+
+    def _observe_latency(self, b: Backend, seconds: float) -> None:
+        """
+        Take one sample: a request's latency divided by the requests in
+        flight on its backend when it was sent.  By Little's law that is the
+        backend's time per request at that load, so the policy's estimate x
+        (active + 1) is the wait a new request can expect, whether the
+        backend serves requests side by side or queues them (a raw latency
+        would count the queue twice).  Samples are averaged with weights
+        that fade with their age (time constant C{ewma_decay}).
+        """
+        now = self._clock.seconds()
+        if b.latency_ewma:
+            kept = math.exp(-max(0.0, now - b.latency_stamp) / self._ewma_decay)
+            b.latency_ewma = b.latency_ewma * kept + seconds * (1 - kept)
+        else:
+            b.latency_ewma = seconds
+        b.latency_stamp = now
 
     # --- slow start -------------------------------------------------------------
 

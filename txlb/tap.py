@@ -135,6 +135,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         config.algorithm,
         outlier=config.outlier,
         panic_threshold=config.panic_threshold,
+        ewma_decay=config.ewma_decay,
     )
 
     access_log = None
