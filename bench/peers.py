@@ -206,6 +206,7 @@ def start_peer(
             backends,
             tcp=name == "txlb-tcp",
             health_interval=txlb_health_interval,
+            algorithm="least_time" if name == "txlb-least-time" else "least_conn",
         )
         path = ctx.workdir / f"{tag}.ini"
         path.write_text(conf)
@@ -363,6 +364,7 @@ def _txlb_ini(
     backends: Sequence[int],
     tcp: bool,
     health_interval: str,
+    algorithm: str = "least_conn",
 ) -> str:
     sections = "\n".join(
         f"[backend:b{i}]\naddress = 127.0.0.1:{b}\n" for i, b in enumerate(backends, 1)
@@ -372,7 +374,7 @@ def _txlb_ini(
 listen = tcp:{port}:interface=127.0.0.1
 stats_listen = tcp:{stats_port}:interface=127.0.0.1
 mode = {"tcp" if tcp else "http"}
-algorithm = least_conn
+algorithm = {algorithm}
 
 [health]
 path = /health

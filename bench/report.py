@@ -211,10 +211,10 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     hetero = cells.get("4-hetero")
-    mine = _med(hetero, "txlb", "p99_ms") if hetero else None
+    mine = _med(hetero, "txlb-least-time", "p99_ms") if hetero else None
     theirs = _med(hetero, "haproxy", "p99_ms") if hetero else None
     t = _target(
-        "heterogeneous backends: p99 ≤ HAProxy leastconn's p99",
+        "heterogeneous backends (txlb least_time): p99 ≤ HAProxy leastconn's p99",
         _ratio(mine, theirs),
         1.0,
         False,

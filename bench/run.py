@@ -566,6 +566,11 @@ class Bench:
         _log("demo backends 5/20/80 ms, capacity 4 (CPU 1)")
         backends = peers.start_demo_backends(self.ctx, specs)
         targets = self.start_all(self.http_peers(), ports, direct=False)
+        if "txlb" in targets:
+            # txlb's latency-aware policy, beside its default least_conn.
+            t = self.start("txlb-least-time", ports)
+            if t is not None:
+                targets[t.name] = t
         try:
             self.cell(
                 "4-hetero",
