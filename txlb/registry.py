@@ -68,6 +68,21 @@ class Backend:
     latency_ewma: float = 0.0
     latency_stamp: float = 0.0
 
+    @classmethod
+    def configured(cls, config: BackendConfig, vtime: float = 0.0) -> Backend:
+        """A backend as its configuration starts it (see C{initial_state})."""
+        known = config.health.initial_state == "healthy"
+        return cls(
+            config.name,
+            config.address,
+            config.weight,
+            healthy=known,
+            configured_weight=config.weight,
+            slow_start=config.health.slow_start,
+            probed=known,
+            vtime=vtime,
+        )
+
     @property
     def state(self) -> str:
         """One of draining, ejected, unknown, unhealthy, starting, healthy."""
@@ -167,20 +182,7 @@ class Registry:
             older than this weigh less than 1/e, and so does the estimate of
             a backend that has had no sample for that long.
         """
-        self.backends: list[Backend] = []
-        for b in backends:
-            known = b.health.initial_state == "healthy"
-            self.backends.append(
-                Backend(
-                    b.name,
-                    b.address,
-                    b.weight,
-                    healthy=known,
-                    configured_weight=b.weight,
-                    slow_start=b.health.slow_start,
-                    probed=known,
-                )
-            )
+        self.backends: list[Backend] = [Backend.configured(b) for b in backends]
         self._outlier = outlier or OutlierConfig()
         self._panic_threshold = panic_threshold
         self.panic = False
@@ -281,21 +283,11 @@ class Registry:
         """
         if config.name in self._by_name:
             raise ValueError(f"backend {config.name} exists")
-        known = config.health.initial_state == "healthy"
-        backend = Backend(
-            config.name,
-            config.address,
-            config.weight,
-            healthy=known,
-            configured_weight=config.weight,
-            slow_start=config.health.slow_start,
-            probed=known,
-            vtime=self._vclock,
-        )
+        backend = Backend.configured(config, vtime=self._vclock)
         self._position[backend] = max(self._position.values(), default=-1) + 1
         self.backends.append(backend)
         self._by_name[backend.name] = backend
-        why = "added by reload" + ("" if known else "; waiting for a probe")
+        why = "added by reload" + ("" if backend.probed else "; waiting for a probe")
         self._changed(backend, why)
         return backend
 
