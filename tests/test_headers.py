@@ -31,6 +31,8 @@ def head(headers: list[tuple[bytes, list[bytes]]], **kw: object) -> list[bytes]:
         "default_host": b"",
     }
     args.update(kw)
+    # request_head takes one (name, value) pair per header line.
+    args["headers"] = [(name, value) for name, values in headers for value in values]
     raw = request_head(**args)  # type: ignore[arg-type]
     assert raw.endswith(b"\r\n\r\n")
     return raw[:-4].split(b"\r\n")

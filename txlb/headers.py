@@ -21,7 +21,7 @@ C{trusted_proxies} setting), as nginx's C{set_real_ip_from} and HAProxy do:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 __all__ = [
     "FORWARDING",
@@ -170,7 +170,7 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
 def request_head(
     method: bytes,
     uri: bytes,
-    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    headers: Iterable[tuple[bytes, bytes]],
     client_ip: bytes,
     proto: bytes,
     body_length: int | None,
@@ -186,7 +186,8 @@ def request_head(
     is framed exactly once from C{body_length}: C{None} is chunked, 0 is no
     body.
 
-    @param headers: (name, values) pairs as the client sent them.
+    @param headers: (name, value) pairs as the client sent them, one per
+        header line.
     @param client_ip: the connection's peer address.
     @param proto: the connection's scheme, C{http} or C{https}.
     @param default_host: the C{Host} to send when the client sent none
@@ -197,31 +198,32 @@ def request_head(
     """
     parts = [method, b" ", uri, b" HTTP/1.1\r\n"]
     append = parts.append
-    forwarded_for: Sequence[bytes] | None = None
+    forwarded_for: list[bytes] | None = None
     forwarded_host = b""
     host = b""
-    for name, values in headers:
+    for name, value in headers:
         lower = name.lower()
         if lower in _NOT_COPIED or lower in drop:
             if trusted is None or lower not in FORWARDING or lower in drop:
                 continue
             if lower == b"x-forwarded-for":
-                forwarded_for = values
+                if forwarded_for is None:
+                    forwarded_for = []
+                forwarded_for.append(value)
                 continue
             if lower == b"x-forwarded-proto":
-                proto = values[-1].strip() or proto
+                proto = value.strip() or proto
                 continue
             if lower == b"x-forwarded-host":
-                forwarded_host = values[-1].strip()
+                forwarded_host = value.strip()
                 continue
             # Forwarded and X-Real-IP from a trusted proxy pass as they are.
-        elif lower == b"host":
-            host = values[0]
-        for value in values:
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
+        elif lower == b"host" and not host:
+            host = value
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
     if not host:
         host = default_host
         append(b"Host: " + host + b"\r\n")

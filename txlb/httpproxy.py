@@ -340,7 +340,7 @@ class _Exchange:
         self.head = request_head(
             method,
             uri,
-            headers.getAllRawHeaders(),
+            [(n, v) for n, values in headers.getAllRawHeaders() for v in values],
             peer.encode("ascii"),
             b"https" if request.isSecure() else b"http",
             body_length,
