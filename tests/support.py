@@ -1,4 +1,4 @@
-"""A deterministic harness: a real ProxySite on a memory reactor."""
+"""A deterministic harness: the real front end and proxy on a memory reactor."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 from twisted.web import pages
 
 from txlb.config import Config, parse
-from txlb.httpproxy import HTTPProxy, ProxySite
+from txlb.frontend import Limits
+from txlb.httpproxy import HTTPProxy, front_end
 from txlb.registry import Registry
 from txlb.upstream import BackendConnection
 
@@ -78,7 +79,9 @@ class Harness:
             self.registry, self.reactor, self.reactor, self.config, self.records.append
         )
         stats = pages.notFound()
-        self.site = ProxySite(self.proxy, stats, reactor=self.reactor)
+        self.site = front_end(
+            self.proxy, stats, Limits.from_config(self.config), self.reactor
+        )
         self._accepted = 0
 
     def client(self) -> Client:

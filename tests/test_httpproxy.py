@@ -131,7 +131,9 @@ class ProxyTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
         )
         response = client.received()
-        self.assertTrue(response.startswith(b"HTTP/1.0 200 OK"), response)
+        # RFC 9110 2.5: a server answers with the highest version it
+        # conforms to within the client's major version (as nginx does).
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK"), response)
         self.assertTrue(response.endswith(b"\r\n\r\nhi"), response)
         self.assertFalse(client.transport.connected)
 
@@ -483,7 +485,29 @@ class StreamingTests(SynchronousTestCase):
         client.send(GET)
         backend = h.accept()
         backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx")
-        client.channel.pauseProducing()
+        # What the client's transport does when its send buffer fills up.
+        flow = client.transport.producer
+        flow.pauseProducing()
         self.assertEqual(backend.transport.producerState, "paused")
-        client.channel.resumeProducing()
+        flow.resumeProducing()
         self.assertEqual(backend.transport.producerState, "producing")
+
+    def test_paused_client_is_not_a_backend_timeout(self) -> None:
+        """
+        While the client reads nothing, backend_timeout does not run (the
+        backend is paused, not slow); client_timeout ends the connection
+        and the backend is not blamed.
+        """
+        h = Harness(backends=1, extra="client_timeout = 60s\n")
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx")
+        client.transport.producer.pauseProducing()
+        h.reactor.advance(59)  # well past backend_timeout (10s)
+        self.assertTrue(client.transport.connected)
+        self.assertEqual(h.active(), [1])
+        h.reactor.advance(2)
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(h.active(), [0])
+        self.assertEqual(h.registry.backends[0].failures, 0)

@@ -11,7 +11,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from txlb.httpproxy import ProxySite
+from txlb.frontend import HTTPFrontendFactory
+from txlb.httpproxy import Router
 from txlb.tap import Options, makeService
 from txlb.tcpproxy import TCPProxyFactory
 
@@ -97,17 +98,18 @@ class MakeServiceTests(SynchronousTestCase):
         ports = [(port, factory) for port, factory, _, interface in reactor.tcpServers]
         self.assertEqual([p for p, _ in ports], [18080, 18081])
         self.assertIs(ports[0][1], ports[1][1])
-        site = ports[0][1]
-        assert isinstance(site, ProxySite)
-        self.assertTrue(site.reserved(b"/api/server-stats"))
+        front = ports[0][1]
+        assert isinstance(front, HTTPFrontendFactory)
+        assert isinstance(front.handle, Router)
+        self.assertTrue(front.handle.reserved(b"/api/server-stats"))
 
     def test_stats_listen(self) -> None:
         """With stats_listen the stats app gets its own port and the proxy
         reserves no paths."""
         reactor = self.service(stats="tcp:19000")
         self.assertEqual([s[0] for s in reactor.tcpServers], [18080, 18081, 19000])
-        site = reactor.tcpServers[0][1]
-        self.assertFalse(site.reserved(b"/api/server-stats"))
+        front = reactor.tcpServers[0][1]
+        self.assertFalse(front.handle.reserved(b"/api/server-stats"))
 
     def test_health_checks_start(self) -> None:
         """The health checker probes at start through the reactor."""
@@ -148,7 +150,7 @@ class TCPModeServiceTests(SynchronousTestCase):
         self.assertIsInstance(ports[18080], TCPProxyFactory)
         self.assertIs(ports[18080], ports[18081])
         self.assertIsInstance(ports[19000], Site)
-        self.assertNotIsInstance(ports[19000], ProxySite)
+        self.assertNotIsInstance(ports[19000], HTTPFrontendFactory)
         relay = ports[18080]
         assert isinstance(relay, TCPProxyFactory)
         self.assertEqual(relay.proxy.registry.backends[0].name, "a")

@@ -27,6 +27,7 @@ __all__ = [
     "load",
     "parse",
     "parse_duration",
+    "parse_size",
 ]
 
 T = TypeVar("T")
@@ -124,6 +125,15 @@ class Config:
     connect_timeout: float = 3.0
     backend_timeout: float = 30.0
     idle_timeout: float = 600.0
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    body_min_rate: int = 1024
+    keepalive_timeout: float = 60.0
+    client_timeout: float = 60.0
+    max_clients: int = 10000
+    max_header_size: int = 32768
+    max_uri_length: int = 8192
+    max_body_size: int = 0
     retries: int = 2
     idle_pool_size: int = 64
     access_log: str = ""
@@ -169,6 +179,25 @@ def _positive_duration(text: str) -> float:
 def _count(text: str) -> int:
     value = int(text.strip())
     if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
+_SIZE_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: plain bytes, or with a k, m or g suffix (KiB, MiB, GiB)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(text)
+    return int(match[1]) * _SIZE_UNIT[match[2].lower()]
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
         raise ValueError(text)
     return value
 
@@ -283,6 +312,46 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
         _duration,
         "0 (never) or " + _DURATION_HELP + "; closes a TCP-mode connection or"
         " WebSocket with no byte either way for that long",
+    ),
+    "header_timeout": (
+        _positive_duration,
+        "a positive " + _DURATION_HELP[2:] + "; the whole request head must"
+        " arrive within it, else 408",
+    ),
+    "body_timeout": (
+        _positive_duration,
+        "a positive " + _DURATION_HELP[2:] + "; the request body must arrive"
+        " within it, plus 1s per body_min_rate bytes received, else 408",
+    ),
+    "body_min_rate": (
+        _count,
+        "bytes per second, 0 (body_timeout is the whole body's deadline) or more",
+    ),
+    "keepalive_timeout": (
+        _positive_duration,
+        "a positive " + _DURATION_HELP[2:] + "; an idle client connection"
+        " between requests is closed after it",
+    ),
+    "client_timeout": (
+        _positive_duration,
+        "a positive " + _DURATION_HELP[2:] + "; a client that reads none of"
+        " its response for that long is disconnected",
+    ),
+    "max_clients": (
+        _positive_count,
+        "a whole number, 1 or more: client connections at once (more are refused)",
+    ),
+    "max_header_size": (
+        _positive_size,
+        "a size such as 32k or 32768 (bytes): the request head's limit, else 431",
+    ),
+    "max_uri_length": (
+        _positive_size,
+        "a size such as 8k or 8192 (bytes): the request target's limit, else 414",
+    ),
+    "max_body_size": (
+        parse_size,
+        "0 (unlimited) or a size such as 10m or 1048576 (bytes), else 413",
     ),
     "retries": (_count, "a whole number, 0 or more"),
     "idle_pool_size": (_count, "a whole number, 0 or more"),

@@ -1,12 +1,13 @@
 """
-The HTTP reverse proxy: a twisted.web L{Site} whose requests go to the
-least-loaded backend through pooled keep-alive connections.
+The HTTP reverse proxy: each request the front end (L{txlb.frontend}) has
+parsed goes to the least-loaded backend through pooled keep-alive
+connections; paths reserved for the stats app go to its twisted.web site.
 
 One L{_Exchange} carries one client request to a backend and the response
 back.  Bodies stream both ways with back-pressure: a request with a body
 starts as soon as its head is in (the client is paused until the backend
-connection is up), and the backend connection is registered as the
-producer of the response so a slow client slows the backend read.  An
+connection is up), and the exchange is the producer of the response, so a
+client that does not read pauses the backend read (and its timeout).  An
 C{Upgrade} request (WebSocket) keeps its C{Upgrade} and C{Connection}
 headers; after the backend's C{101} the two connections are joined by the
 byte relay of L{txlb.tunnel}, and the lease is held until it closes.  The
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.web import http
 from twisted.web.resource import IResource
+from twisted.web.server import Site
+from zope.interface import implementer
 
 from txlb.config import Config
+from txlb.frontend import ClientRequest, HTTPFrontendFactory, Limits
 from txlb.headers import (
     HOP_BY_HOP,
     TrustedProxies,
@@ -36,8 +39,9 @@ from txlb.headers import (
 from txlb.registry import Backend, Lease, Registry
 from txlb.tunnel import Relay, Side, adopt
 from txlb.upstream import BackendConnection, BackendPool, _Connect
+from txlb.webbridge import StatsCall
 
-__all__ = ["HTTPProxy", "ProxyRequest", "ProxySite"]
+__all__ = ["HTTPProxy", "Router", "front_end"]
 
 _EMPTY: frozenset[bytes] = frozenset()
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -110,154 +114,60 @@ class HTTPProxy:
             pool.close()
 
 
-class ProxyRequest(server.Request):
+class Router:
     """
-    A request that is proxied unless its path is reserved for the stats app.
-
-    A request with a body starts its exchange when its head is complete, so
-    the body streams to the backend instead of being spooled.
+    Where the front end's requests go: to the stats app for its reserved
+    paths (when it shares the proxy's port) or when there is no proxy,
+    else to a backend through an L{_Exchange}.
     """
-
-    _exchange: _Exchange | None = None
-
-    def gotLength(self, length: int | None) -> None:
-        site = _site(self)
-        path = self.channel._path
-        if length != 0 and site.proxy is not None and not site.reserved(path):
-            self.content = BytesIO()
-            self._exchange = _Exchange(site.proxy, self)
-            self._exchange.begin(self.channel._command, path, length)
-        else:
-            super().gotLength(length)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        site = _site(self)
-        if site.proxy is None or site.reserved(path):
-            super().requestReceived(command, path, version)
-            return
-        # Proxied: nothing to parse (query arguments and form bodies are the
-        # backend's business), so go straight to process().
-        if self.content is not None:
-            self.content.seek(0, 0)
-        self.args = {}
-        self.method, self.uri, self.clientproto = command, path, version
-        self.path = path.split(b"?", 1)[0]
-        self.process()
-
-    def parseCookies(self) -> None:
-        """Cookies are parsed only for the stats app (see L{process})."""
-
-    def handleContentChunk(self, data: bytes) -> None:
-        exchange = self._exchange
-        if exchange is None:
-            super().handleContentChunk(data)
-        else:
-            exchange.client_body(data)
-
-    def process(self) -> None:
-        site = _site(self)
-        self.site = site
-        exchange = self._exchange
-        if exchange is not None:
-            exchange.client_body_done()
-        elif site.proxy is not None and not site.reserved(self.path):
-            self.prepath = []
-            self.postpath = []
-            self._exchange = _Exchange(site.proxy, self)
-            self._exchange.begin(self.method, self.uri, 0)
-        else:
-            super().parseCookies()
-            super().process()
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        exchange = self._exchange
-        if exchange is not None:
-            exchange.client_lost()
-
-
-def _site(request: server.Request) -> ProxySite:
-    # Site.buildProtocol sets channel.site; twisted.web does not declare it.
-    site: ProxySite = request.channel.site  # type: ignore[attr-defined]
-    return site
-
-
-def _client(request: server.Request) -> Any:
-    """The client connection's transport (TCP, TLS or a test double)."""
-    return request.channel.transport
-
-
-class ProxyChannel(http.HTTPChannel):
-    """
-    An HTTP channel that looks its connection's addresses and security up
-    once, not for every request (twisted.web's Request asks on creation,
-    and C{getHost} is a system call).
-    """
-
-    _peer: Any = None
-    _host: Any = None
-    _secure: bool | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        # The site's open connections, for a graceful shutdown.
-        connections = getattr(self.site, "connections", None)  # type: ignore[attr-defined]
-        if connections is not None:
-            connections.add(self)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        connections = getattr(self.site, "connections", None)  # type: ignore[attr-defined]
-        if connections is not None:
-            connections.discard(self)
-        super().connectionLost(reason)
-
-    def getPeer(self) -> Any:
-        if self._peer is None:
-            self._peer = super().getPeer()
-        return self._peer
-
-    def getHost(self) -> Any:
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    def isSecure(self) -> bool:
-        if self._secure is None:
-            self._secure = bool(super().isSecure())
-        return self._secure
-
-
-class ProxySite(server.Site):
-    """
-    The proxy's site: every path goes to a backend except, when the stats
-    app shares this site, C{/api/}, C{/dashboard} and C{/metrics}.
-    """
-
-    requestFactory = ProxyRequest
-    # HTTP/1.1 only: no wrapper negotiating HTTP/2 (TLS ends in front of us).
-    protocol = ProxyChannel  # type: ignore[assignment]
-    noisy = False
 
     def __init__(
         self,
         proxy: HTTPProxy | None,
-        resource: IResource,
+        stats: IResource | None,
+        clock: IReactorTime,
         reserve: bool = True,
-        reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__(resource, reactor=reactor)
         self.proxy = proxy
-        self._reserve = reserve
-        self.connections: set[ProxyChannel] = set()
+        self.site = Site(stats, reactor=clock) if stats is not None else None
+        self._reserve = reserve and stats is not None
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""
         return self._reserve and path.startswith(_RESERVED)
 
-    def log(self, request: object) -> None:
-        """The access log is txlb's own (see L{txlb.accesslog})."""
+    def __call__(self, request: ClientRequest) -> None:
+        proxy, site = self.proxy, self.site
+        if site is not None and (proxy is None or self.reserved(request.uri)):
+            call = StatsCall(request, site)
+            request.handler = call
+            if request.complete:
+                call.start()
+            return
+        assert proxy is not None
+        exchange = _Exchange(proxy, request)
+        request.handler = exchange
+        exchange.begin()
 
 
+def front_end(
+    proxy: HTTPProxy | None,
+    stats: IResource | None,
+    limits: Limits,
+    clock: IReactorTime,
+    reserve: bool = True,
+) -> HTTPFrontendFactory:
+    """
+    The factory of the proxy's client connections.
+
+    @param stats: the stats app, answering C{/api/}, C{/dashboard} and
+        C{/metrics} when C{reserve} (it shares the proxy's port), or every
+        path when there is no C{proxy}.
+    """
+    return HTTPFrontendFactory(limits, clock, Router(proxy, stats, clock, reserve))
+
+
+@implementer(IPushProducer)
 class _Exchange:
     """One client request's trip to a backend and back."""
 
@@ -289,7 +199,7 @@ class _Exchange:
 
     log = Logger()
 
-    def __init__(self, proxy: HTTPProxy, request: ProxyRequest) -> None:
+    def __init__(self, proxy: HTTPProxy, request: ClientRequest) -> None:
         self.proxy = proxy
         self.request = request
         self.lease: Lease | None = None
@@ -311,70 +221,64 @@ class _Exchange:
 
     # --- client side ----------------------------------------------------------
 
-    def begin(self, method: bytes, uri: bytes, body_length: int | None) -> None:
-        """
-        Start: pick a backend and ask its pool for a connection.
-
-        @param body_length: 0 for no body, the Content-Length, or L{None} for
-            a chunked body still to come.
-        """
+    def begin(self) -> None:
+        """Start: pick a backend and ask its pool for a connection."""
         request = self.request
         self.started = self.proxy.clock.seconds()
         self.proxy.live += 1
-        self.method = method
-        self.uri = uri
-        self.body_length = body_length
+        self.method = method = request.method
+        self.uri = request.uri
+        self.body_length = body_length = request.body_length
         self.attached = body_length == 0
         if body_length != 0:
             # Hold the body until a backend connection is up.
-            _client(request).pauseProducing()
-        headers = request.requestHeaders
-        connection = headers.getRawHeaders(b"connection")
-        peer = getattr(request.getClientAddress(), "host", "")
+            self.pending = request.body
+            request.body = []
+            if not request.complete:
+                request.pause_body()
+        connection = request.connection
+        peer = request.peer
         trusted = self.proxy.trusted_proxies
         if trusted is not None and peer not in trusted:
             trusted = None
-        default_host = b""
-        if not headers.hasHeader(b"host"):
-            default_host = str(request.getHost().host).encode("ascii")
         self.head = request_head(
             method,
-            uri,
-            [(n, v) for n, values in headers.getAllRawHeaders() for v in values],
+            self.uri,
+            request.headers,
             peer.encode("ascii"),
-            b"https" if request.isSecure() else b"http",
+            b"https" if request.secure else b"http",
             body_length,
-            default_host,
+            request.local_host.encode("ascii"),
             connection_tokens(connection) if connection else _EMPTY,
             trusted,
         )
-        upgrade = headers.getRawHeaders(b"upgrade")
+        upgrade = request.upgrade if connection else b""
         if (
             upgrade
             and body_length == 0
-            and connection
             and b"upgrade" in connection_tokens(connection)
-            and request.clientproto == b"HTTP/1.1"
+            and request.version == b"HTTP/1.1"
         ):
             # A protocol switch (WebSocket): the one case where hop-by-hop
             # headers go on, so the backend can answer 101.
-            self.upgrade = upgrade[0]
+            self.upgrade = upgrade
             self.head = (
-                self.head[:-2]
-                + b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade[0]
+                self.head[:-2] + b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade
             )
         self._pick()
+        if body_length != 0 and request.complete and not self.done:
+            self.client_body_done()
 
     def client_body(self, data: bytes) -> None:
         if self.done:
             return
-        if self.body_length is None:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
         conn = self.conn
         if conn is None:
             # Read before the client was paused (often in the head's own
             # packet): bounded by one read, sent once a backend is ready.
             self.pending.append(data)
+        elif self.body_length is None:
+            conn.send(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             conn.send(data)
 
@@ -390,8 +294,19 @@ class _Exchange:
             for step in early:
                 step()
 
+    def client_failed(self) -> None:
+        """
+        The client's request broke off (an invalid or late body): the
+        backend must not take it for complete, so its connection goes.
+        The front end answers the client.
+        """
+        self._abandon(400)
+
     def client_lost(self) -> None:
         """The client went away: free the backend connection and the lease."""
+        self._abandon(499)
+
+    def _abandon(self, status: int) -> None:
         if self.done:
             return
         self.done = True
@@ -401,7 +316,7 @@ class _Exchange:
         if self.conn is not None:
             self.conn.abort()
             self.conn = None
-        self._end(failed=False, status=499)
+        self._end(failed=False, status=status)
 
     # --- choosing a backend ------------------------------------------------------
 
@@ -430,14 +345,15 @@ class _Exchange:
             self._start_timer()
             return
         pending, self.pending = self.pending, []
+        chunked = self.body_length is None
         for data in pending:
-            conn.send(data)
+            conn.send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         if self.body_complete:
             self._body_sent(conn)
         else:
-            transport = _client(self.request)
-            conn.transport.registerProducer(transport, True)  # type: ignore[union-attr]
-            transport.resumeProducing()
+            request = self.request
+            conn.transport.registerProducer(request.upload_producer(), True)  # type: ignore[union-attr]
+            request.resume_body()
 
     def _body_sent(self, conn: BackendConnection) -> None:
         """The request body is all in: end it and wait for the answer."""
@@ -505,27 +421,29 @@ class _Exchange:
             return
         self.responded = True
         self.status = status
-        request = self.request
-        request.code = status
-        request.code_message = reason or http.RESPONSES.get(status, b"")
-        out = request.responseHeaders
         drop = _EMPTY
         for name, value in headers:
             if name.lower() == b"connection":
                 drop = connection_tokens([value])
-        saw_date = False
+        saw_date = length_known = False
+        out = []
         for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in drop:
                 continue
             if lower == b"date":
                 saw_date = True
-            out.addRawHeader(name, value)
+            elif lower == b"content-length":
+                length_known = True
+            out.append((name, value))
         if not saw_date:
-            out.setRawHeaders(b"Date", [http.datetimeToString()])
-        conn = self.conn
-        if conn is not None:
-            request.registerProducer(conn, True)
+            out.append((b"Date", http.datetimeToString()))
+        request = self.request
+        request.respond(
+            status, reason or http.RESPONSES.get(status, b""), out, length_known
+        )
+        if self.conn is not None:
+            request.send_response_producer(self)
 
     def upstream_body(self, data: bytes) -> None:
         if not self.attached:
@@ -545,10 +463,7 @@ class _Exchange:
             return
         self.done = True
         self.conn = None
-        request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
-        request.finish()
+        self.request.finish()
         self._end(failed=self.status >= 500, status=self.status)
 
     def upstream_failed(self, why: str, response_started: bool) -> None:
@@ -556,8 +471,6 @@ class _Exchange:
         self.conn = None
         if self.done:
             return
-        if self.request.producer is not None:
-            self.request.unregisterProducer()
         if (
             not response_started
             and conn is not None
@@ -623,13 +536,9 @@ class _Exchange:
             proxy.observe(
                 lease.backend, 101, proxy.clock.seconds() - self.upstream_started
             )
-        # Take the client's connection from twisted.web: no more timeouts,
-        # no more parsing, and it no longer produces for the HTTP channel.
-        channel = self.request.channel
-        channel.setTimeout(None)
-        early = b"".join(getattr(channel, "_dataBuffer", ()))
-        transport: Any = channel.transport
-        transport.unregisterProducer()
+        # Take the client's connection from the front end: no more
+        # parsing, no more deadlines.
+        transport, early = self.request.take_over()
         transport.write(_switching_head(reason, headers))
         if rest:
             transport.write(rest)
@@ -638,7 +547,7 @@ class _Exchange:
         client, backend = Side(), Side()
         adopt(transport, client)
         adopt(conn.transport, backend)
-        peer = getattr(self.request.getClientAddress(), "host", "?")
+        peer = self.request.peer or "?"
         Relay(
             proxy.clock,
             proxy.idle_timeout,
@@ -679,25 +588,25 @@ class _Exchange:
     def _error(self, code: int, message: bytes, retry: bool = False) -> None:
         if self.done:
             return
+        request = self.request
         if not self.attached:
             # Let the rest of the body in (it is discarded) so the request
             # completes and can be answered.
-            _client(self.request).resumeProducing()
+            request.resume_body()
             self._defer(lambda: self._error(code, message, retry))
             return
         self.done = True
         self.status = code
-        request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
-        request.setResponseCode(code)
-        out = request.responseHeaders
-        out.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
-        out.setRawHeaders(b"Date", [http.datetimeToString()])
-        if retry:
-            out.setRawHeaders(b"Retry-After", [self.proxy.retry_after])
         body = message + b"\n"
-        out.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        out = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Date", http.datetimeToString()),
+            (b"Content-Length", b"%d" % len(body)),
+        ]
+        if retry:
+            out.append((b"Retry-After", self.proxy.retry_after))
+        request.send_response_producer(None)
+        request.respond(code, http.RESPONSES.get(code, b""), out, True)
         request.write(body)
         request.finish()
         self._end(failed=code != 503, status=code)
@@ -708,7 +617,7 @@ class _Exchange:
         never mistakes a truncated response for a whole one.
         """
         self.done = True
-        _client(self.request).abortConnection()
+        self.request.abort()
         self._end(failed=True, status=self.status)
 
     def _cancel_timer(self) -> None:
@@ -749,11 +658,11 @@ class _Exchange:
     ) -> None:
         request = self.request
         now = self.proxy.clock.seconds()
-        client = getattr(request.getClientAddress(), "host", "-")
+        client = request.peer or "-"
         trusted = self.proxy.trusted_proxies
         if trusted is not None and client in trusted:
             # Behind a trusted proxy the client is the one it names.
-            chain = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+            chain = request.values(b"x-forwarded-for")
             client = forwarded_chain(chain, b"", trusted)[0].decode("latin-1") or client
         log(
             {
@@ -761,13 +670,11 @@ class _Exchange:
                 "client": client,
                 "method": self.method.decode("latin-1"),
                 "uri": self.uri.decode("latin-1"),
-                "protocol": (request.clientproto or b"HTTP/1.1").decode("latin-1"),
+                "protocol": request.version.decode("latin-1"),
                 "status": status,
                 "bytes": self.bytes_sent,
-                "referer": (request.getHeader(b"referer") or b"-").decode("latin-1"),
-                "user_agent": (request.getHeader(b"user-agent") or b"-").decode(
-                    "latin-1"
-                ),
+                "referer": (request.value(b"referer") or b"-").decode("latin-1"),
+                "user_agent": (request.value(b"user-agent") or b"-").decode("latin-1"),
                 "backend": lease.backend.name if lease else "-",
                 "upstream_time": (now - self.upstream_started)
                 if self.upstream_started
@@ -775,6 +682,25 @@ class _Exchange:
                 "total_time": now - self.started,
             }
         )
+
+    # --- the response's back-pressure (registered with the client) ----------------
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: pause the backend and its timeout."""
+        self._cancel_timer()
+        conn = self.conn
+        if conn is not None:
+            conn.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        conn = self.conn
+        if conn is not None and not self.done:
+            if self.timer is None:
+                self._start_timer()
+            conn.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The client's connection is gone (L{client_lost} follows)."""
 
 
 def _switching_head(reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

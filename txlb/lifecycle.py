@@ -157,20 +157,10 @@ def _settle(connection: Any) -> bool:
         proxied request in progress); one with a request in progress is
         told to close once its response is done.
     """
-    requests = getattr(connection, "requests", None)
-    if requests is None:
+    settle = getattr(connection, "settle", None)
+    if settle is None:
         return False  # TCP mode: runs until it ends
-    busy = False
-    for request in requests:
-        if getattr(request, "_exchange", None) is None and request.site is not None:
-            # The stats app's (an event stream may never end): not waited for.
-            continue
-        busy = True
-        if not request.startedWriting:
-            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-    if busy:
-        connection.persistent = False
-    return not busy
+    return bool(settle())
 
 
 @attrs.define

@@ -21,6 +21,10 @@ from txlb.config import Address
 
 __all__ = ["BackendConnection", "BackendPool", "UpstreamSink"]
 
+# A response head that names its framing (cheap test by length first).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
+
 
 class UpstreamSink(TypingProtocol):
     """What a L{BackendConnection} reports to while it carries an exchange."""
@@ -75,6 +79,7 @@ class BackendConnection(Protocol):
         self._informational = False
         self._head_only = False
         self._has_length = False
+        self._framed = False  # the head being read names its framing
         self._responded = False
         self._request_sent = False
         self._ready: _Connect | None = None
@@ -175,11 +180,14 @@ class BackendConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        if len(name) in _FRAMING_LENGTHS and name.lower() in _FRAMING:
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
+        framed, self._framed = self._framed, False
         if status < 200:
             # 100 Continue and friends: not forwarded.  A 101 is kept for
             # the upgrade that llhttp reports next (see dataReceived).
@@ -188,14 +196,7 @@ class BackendConnection(Protocol):
                 self._switching = (reason, headers)
             return
         self._informational = False
-        self._has_length = (
-            self._head_only
-            or status in (204, 304)
-            or any(
-                n.lower() in (b"content-length", b"transfer-encoding")
-                for n, _ in headers
-            )
-        )
+        self._has_length = self._head_only or status in (204, 304) or framed
         sink = self.sink
         if sink is None:
             return

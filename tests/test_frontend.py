@@ -1,0 +1,229 @@
+"""
+The HTTP front end on a memory reactor: deadlines, pipelining, limits,
+request-target forms and the shared stats port.  (Hostile bytes against a
+real txlb: tests/integration/test_hostile.py.)
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import Harness
+
+GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_slow_head_has_a_total_deadline(self) -> None:
+        """
+        A head sent a byte at a time is cut off header_timeout after it
+        began, however steadily the bytes come (Twisted's own idle timer
+        would be reset by each): 408, closed, no backend contacted.
+        """
+        h = Harness(backends=1, extra="header_timeout = 10s\n")
+        client = h.client()
+        h.reactor.advance(5)  # an idle start counts too (from the accept)
+        for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"x" * 100:
+            client.send(bytes([byte]))
+            h.reactor.advance(0.2)
+            if not client.transport.connected:
+                break
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(status(client.received()), 408)
+        self.assertEqual(h.pending_connects(), [])
+        # Cut off at the first step that reaches 10s (steps of 0.2s).
+        self.assertTrue(9.9 < h.reactor.seconds() < 10.3, h.reactor.seconds())
+
+    def test_keepalive_idle_closed(self) -> None:
+        """An idle connection between requests closes after keepalive_timeout."""
+        h = Harness(backends=1, extra="keepalive_timeout = 30s\n")
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(OK)
+        h.reactor.advance(29.9)
+        self.assertTrue(client.transport.connected)
+        h.reactor.advance(0.2)
+        self.assertFalse(client.transport.connected)
+
+    def test_next_request_head_deadline_starts_at_its_first_byte(self) -> None:
+        """After the idle wait, header_timeout counts from the next first byte."""
+        h = Harness(backends=1, extra="keepalive_timeout = 30s\nheader_timeout = 5s\n")
+        client = h.client()
+        client.send(GET)
+        h.accept().reply(OK)
+        h.reactor.advance(20)
+        client.send(b"GET /b HTTP/1.1\r\n")
+        h.reactor.advance(4.9)
+        self.assertTrue(client.transport.connected)
+        h.reactor.advance(0.2)
+        self.assertFalse(client.transport.connected)
+        self.assertTrue(
+            client.received().endswith(b"request head not received in time\n")
+        )
+
+    def test_slow_body_deadline_grows_with_min_rate(self) -> None:
+        """
+        A body must come within body_timeout plus a second per
+        body_min_rate bytes; a stalled upload gets 408, its backend
+        connection is dropped (the backend never sees it complete) and the
+        lease is returned.
+        """
+        h = Harness(backends=1, extra="body_timeout = 10s\nbody_min_rate = 100\n")
+        client = h.client()
+        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        backend = h.accept()
+        client.send(b"x" * 500)  # 5 more seconds
+        self.assertEqual(h.active(), [1])
+        h.reactor.advance(14.9)
+        self.assertTrue(client.transport.connected)
+        h.reactor.advance(0.2)
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(status(client.received()), 408)
+        self.assertFalse(backend.transport.connected)
+        self.assertEqual(h.active(), [0])
+
+
+class PipelineTests(SynchronousTestCase):
+    def test_pipelined_requests_answered_in_order(self) -> None:
+        """
+        Requests sent together are proxied one at a time, in order; the
+        client is not read while one waits.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET + GET.replace(b"/a", b"/b") + GET.replace(b"/a", b"/c"))
+        self.assertEqual(client.transport.producerState, "paused")
+        first = h.accept()
+        self.assertIn(b"GET /a ", first.received())
+        self.assertNotIn(b"GET /b ", first.received())
+        first.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+        h.reactor.advance(0)
+        self.assertIn(b"GET /b ", first.received())  # the same pooled connection
+        first.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+        h.reactor.advance(0)
+        self.assertIn(b"GET /c ", first.received())
+        self.assertEqual(client.transport.producerState, "producing")
+        first.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3")
+        bodies = [
+            r.rsplit(b"\r\n", 1)[-1] for r in client.received().split(b"HTTP/1.1 ")[1:]
+        ]
+        self.assertEqual(bodies, [b"1", b"2", b"3"])
+        self.assertEqual(h.active(), [0])
+
+    def test_invalid_request_after_a_valid_one(self) -> None:
+        """
+        A valid request then garbage: the first is answered, then 400 and
+        close; the garbage never reaches a backend.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET + b"GET /x HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n")
+        backend = h.accept()
+        self.assertTrue(client.transport.connected)
+        backend.reply(OK)
+        response = client.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(b"\r\n\r\nokHTTP/1.1 400 Bad Request\r\n", response)
+        self.assertFalse(client.transport.connected)
+        self.assertNotIn(b"/x", backend.received())
+
+
+class LimitTests(SynchronousTestCase):
+    def test_max_clients_refused_with_503(self) -> None:
+        """Connections over max_clients get a 503 and are closed."""
+        h = Harness(backends=1, extra="max_clients = 2\n")
+        first, second = h.client(), h.client()
+        third = h.client()
+        self.assertEqual(status(third.received()), 503)
+        self.assertFalse(third.transport.connected)
+        self.assertTrue(first.transport.connected and second.transport.connected)
+        self.assertEqual(h.site.refused, 1)
+        first.transport.loseConnection()
+        fourth = h.client()
+        self.assertEqual(fourth.received(), b"")
+        self.assertTrue(fourth.transport.connected)
+
+    def test_body_over_max_body_size(self) -> None:
+        """A declared body over the limit: 413 before a backend is contacted."""
+        h = Harness(backends=1, extra="max_body_size = 1k\n")
+        client = h.client()
+        client.send(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n")
+        self.assertEqual(status(client.received()), 413)
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(h.pending_connects(), [])
+
+    def test_long_uri_and_large_head(self) -> None:
+        """414 for a long request target, 431 for a large head."""
+        h = Harness(backends=1, extra="max_uri_length = 100\nmax_header_size = 200\n")
+        client = h.client()
+        client.send(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(status(client.received()), 414)
+        client = h.client()
+        client.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 200 + b"\r\n\r\n")
+        self.assertEqual(status(client.received()), 431)
+        self.assertEqual(h.pending_connects(), [])
+
+
+class TargetTests(SynchronousTestCase):
+    def test_absolute_form_stays_with_our_backends(self) -> None:
+        """
+        An absolute-form target is answered by our backend, in origin-form,
+        with the target's authority as its Host (RFC 9112 3.2.2); txlb
+        never connects to the host it names.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(h.pending_connects(), [("127.0.0.1", 9001)])
+        sent = h.accept().received()
+        self.assertTrue(sent.startswith(b"GET /x?y=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"\r\nHost: evil.example\r\n", sent)
+        self.assertNotIn(b"Host: a\r\n", sent)
+
+    def test_connect_refused(self) -> None:
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(
+            b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"
+        )
+        self.assertEqual(status(client.received()), 405)
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(h.pending_connects(), [])
+
+    def test_stats_path_then_proxied_on_one_connection(self) -> None:
+        """
+        On a shared port a reserved path goes to the stats app, and the
+        same keep-alive connection then goes on to a backend.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"GET /api/nothing HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(status(client.received()), 404)  # the harness's stats app
+        self.assertTrue(client.transport.connected)
+        client.transport.clear()
+        client.send(GET)
+        h.accept().reply(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_settle_closes_after_the_response(self) -> None:
+        """
+        A connection busy with a request at shutdown answers it with
+        Connection: close, then closes; an idle one may close at once.
+        """
+        h = Harness(backends=1)
+        idle, busy = h.client(), h.client()
+        busy.send(GET)
+        backend = h.accept()
+        protocols = {c.channel: c for c in (idle, busy)}
+        settled = {protocols[p]: p.settle() for p in list(h.site.connections)}
+        self.assertEqual(settled, {idle: True, busy: False})
+        backend.reply(OK)
+        self.assertIn(b"\r\nConnection: close\r\n", busy.received())
+        self.assertFalse(busy.transport.connected)
