@@ -37,6 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txlb import fastio
+
 __all__ = ["READ_SIZE", "Relay", "Side", "adopt"]
 
 READ_SIZE = 256 * 1024
@@ -211,7 +213,7 @@ class Relay:
             self.bytes_down += len(data)
         if self._timer is not None:
             self._last = self._clock.seconds()
-        side.peer.transport.write(data)  # type: ignore[union-attr]
+        fastio.write(side.peer.transport, data)  # type: ignore[union-attr]
 
     def read_ended(self, side: Side) -> None:
         """
