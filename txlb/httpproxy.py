@@ -206,7 +206,8 @@ class _Exchange:
         self.tried: list[Backend] = []
         self.attempt: _Connect | None = None
         self.conn: BackendConnection | None = None
-        self.timer: Any = None
+        # The backend connection whose deadline this exchange has set.
+        self.timer: BackendConnection | None = None
         self.attached = False
         self.early: list[Callable[[], None]] | None = None
         self.responded = False
@@ -365,10 +366,26 @@ class _Exchange:
         self._start_timer()
 
     def _start_timer(self) -> None:
-        """backend_timeout counts from the moment the request is all sent."""
-        self.timer = self.proxy.clock.callLater(
-            self.proxy.backend_timeout, self._timed_out
-        )
+        """
+        backend_timeout counts from the moment the request is all sent, and
+        again from each piece of the response.
+
+        The deadline is kept on the backend connection, whose one timer
+        outlives its requests and is moved only when it fires early (see
+        L{_deadline_passed}): no timer is made or cancelled per request.
+        """
+        conn = self.conn
+        if conn is None:
+            return
+        clock = self.proxy.clock
+        timeout = self.proxy.backend_timeout
+        conn.deadline = clock.seconds() + timeout
+        conn.deadline_sink = self
+        self.timer = conn
+        if conn.deadline_timer is None:
+            conn.deadline_timer = clock.callLater(
+                timeout, _deadline_passed, conn, clock
+            )
 
     def upstream_unreachable(self, why: str) -> None:
         self.attempt = None
@@ -451,9 +468,9 @@ class _Exchange:
             return
         self.bytes_sent += len(data)
         self.request.write(data)
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.proxy.backend_timeout)
+        timed = self.timer
+        if timed is not None:
+            timed.deadline = self.proxy.clock.seconds() + self.proxy.backend_timeout
 
     def upstream_done(self) -> None:
         if not self.attached:
@@ -561,7 +578,7 @@ class _Exchange:
         self._end(failed=False, status=101)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        self._cancel_timer()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
@@ -621,9 +638,10 @@ class _Exchange:
         self._end(failed=True, status=self.status)
 
     def _cancel_timer(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        timed, self.timer = self.timer, None
+        if timed is not None:
+            timed.deadline = 0.0
+            timed.deadline_sink = None
 
     def _end(self, failed: bool, status: int) -> None:
         self._cancel_timer()
@@ -701,6 +719,21 @@ class _Exchange:
 
     def stopProducing(self) -> None:
         """The client's connection is gone (L{client_lost} follows)."""
+
+
+def _deadline_passed(conn: BackendConnection, clock: IReactorTime) -> None:
+    """A backend connection's timer fired: time out its exchange if due."""
+    conn.deadline_timer = None
+    deadline = conn.deadline
+    if not deadline:
+        return  # no request waiting on it
+    left = deadline - clock.seconds()
+    if left > 0:
+        conn.deadline_timer = clock.callLater(left, _deadline_passed, conn, clock)
+        return
+    sink = conn.deadline_sink
+    if sink is not None:
+        sink._timed_out()
 
 
 def _switching_head(reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -10,6 +10,7 @@ head, each body piece, the end, or a failure, exactly once.
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -70,6 +71,11 @@ class BackendConnection(Protocol):
 
     sink: UpstreamSink | None = None
     reused = False
+    # The exchange's backend_timeout, kept here so that one timer serves
+    # the connection's successive requests (see txlb.httpproxy).
+    deadline = 0.0
+    deadline_sink: Any = None
+    deadline_timer: Any = None
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
