@@ -211,6 +211,39 @@ class TargetTests(SynchronousTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
 
 
+class ContinueTests(SynchronousTestCase):
+    def test_expect_100_continue_answered_by_txlb(self) -> None:
+        """
+        A client that sends Expect: 100-continue (curl does, for uploads
+        over 1 KiB) gets 100 Continue at once; the backend gets the body
+        without the Expect header.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(
+            b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n"
+        )
+        self.assertEqual(client.received(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        backend = h.accept()
+        client.send(b"hello")
+        sent = backend.received()
+        self.assertNotIn(b"Expect", sent)
+        self.assertTrue(sent.endswith(b"\r\n\r\nhello"), sent)
+        backend.reply(OK)
+        self.assertTrue(client.received().endswith(b"\r\n\r\nok"))
+
+    def test_no_100_continue_when_refused(self) -> None:
+        """A body over the limit is refused at once: 413, no 100 Continue."""
+        h = Harness(backends=1, extra="max_body_size = 4\n")
+        client = h.client()
+        client.send(
+            b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n"
+        )
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 413 "))
+
+
 class ShutdownTests(SynchronousTestCase):
     def test_settle_closes_after_the_response(self) -> None:
         """

@@ -117,6 +117,7 @@ class ClientRequest:
         "channel",
         "complete",
         "connection",
+        "expect_continue",
         "handler",
         "head_bytes",
         "headers",
@@ -140,6 +141,8 @@ class ClientRequest:
         # The Connection and Upgrade headers' values, as sent.
         self.connection: list[bytes] = []
         self.upgrade = b""
+        # Expect: 100-continue, answered here when the body is wanted.
+        self.expect_continue = False
         self.body_received = 0
         self.head_bytes = 0
         # Body pieces that arrived before a handler took the request.
@@ -470,6 +473,8 @@ class HTTPFrontend(Protocol):
                 request.connection.append(value)
             elif lower == b"upgrade" and not request.upgrade:
                 request.upgrade = value
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                request.expect_continue = True
         if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
             self._refuse(400, f"{hosts} Host headers (one is required)")
         request.body_length = length
@@ -547,6 +552,15 @@ class HTTPFrontend(Protocol):
 
     def _start(self, request: ClientRequest) -> None:
         self._active = request
+        if request.expect_continue:
+            # The client waits for this before sending its body (nginx and
+            # twisted.web answer it themselves too); the backend is not
+            # asked, so it does not send one of its own.
+            request.headers = [
+                (n, v) for n, v in request.headers if n.lower() != b"expect"
+            ]
+            if not request.complete and request.version == b"HTTP/1.1":
+                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.factory.handle(request)
 
     def response_done(self, request: ClientRequest, close: bool) -> None:

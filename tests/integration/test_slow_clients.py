@@ -8,9 +8,12 @@ leaves mid-download or mid-upload gives its lease back at once.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.integration.conftest import Backend, Balancer
 
@@ -183,3 +186,28 @@ def test_client_leaving_mid_download_frees_the_lease_at_once(
     assert _active(lb) == 1
     sock.close()
     assert _wait_for(lambda: _active(lb) == 0, seconds=2)
+
+
+def test_curl_upload_with_expect_is_not_held_up(
+    demo_backend: Callable[..., Backend],
+    balancer: Callable[..., Balancer],
+    tmp_path: Path,
+) -> None:
+    """
+    curl sends Expect: 100-continue with a large upload and waits up to a
+    second for the 100; txlb answers it at once, and the body arrives whole.
+    """
+    backend = demo_backend("b1")
+    lb = balancer([("b1", backend.port)])
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    started = time.monotonic()
+    out = subprocess.run(
+        ["curl", "-sS", "-T", str(upload), f"{lb.url}/_demo/upload"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    elapsed = time.monotonic() - started
+    assert json.loads(out)["length"] == 1 << 20
+    assert elapsed < 0.9, elapsed
