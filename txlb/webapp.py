@@ -287,7 +287,9 @@ class StatsApp:
     stats: Stats = attrs.field()
     metrics: Metrics = attrs.field()
     assets: WebAssets = attrs.field(factory=WebAssets.empty)
-    admin_token: bytes | None = None
+    # Kept out of repr: the app is every event's log_source, and an observer
+    # that shows the source would print the token.
+    admin_token: bytes | None = attrs.field(default=None, repr=False)
     events_rate: float = 2.0
     _events: _EventStream = attrs.field(init=False)
     app = Klein()
