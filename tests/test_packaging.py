@@ -5,13 +5,16 @@ Tests for the packaging: twistd finds the C{txlb} plugin in an installed
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
@@ -95,3 +98,30 @@ class NamespaceTests(SynchronousTestCase):
         self.assertTrue((ROOT / "twisted" / "plugins" / "txlb_plugin.py").is_file())
         for path in ("twisted/__init__.py", "twisted/plugins/__init__.py"):
             self.assertFalse((ROOT / path).exists(), path)
+
+
+class TwistedPinTests(SynchronousTestCase):
+    def pin(self) -> Requirement:
+        parser = configparser.ConfigParser()
+        parser.read(ROOT / "setup.cfg")
+        lines = parser["options"]["install_requires"].splitlines()
+        requirements = [Requirement(line) for line in lines if line.strip()]
+        [twisted] = [r for r in requirements if r.name.lower() == "twisted"]
+        return twisted
+
+    def test_pin_has_the_web_security_fixes(self) -> None:
+        """
+        setup.cfg's Twisted pin admits no release without the last
+        twisted.web security fixes (24.7.0: CVE-2024-41671, pipelined
+        requests answered out of order, and CVE-2024-41810).
+        """
+        specifier = self.pin().specifier
+        self.assertTrue(specifier.contains("24.7.0"), specifier)
+        for unfixed in ("24.3.0", "23.10.0", "22.4.0"):
+            self.assertFalse(specifier.contains(unfixed), (specifier, unfixed))
+
+    def test_installed_twisted_satisfies_pin(self) -> None:
+        """The Twisted in this environment satisfies setup.cfg's pin."""
+        pin = self.pin()
+        installed = version("Twisted")
+        self.assertTrue(pin.specifier.contains(installed), (str(pin), installed))
