@@ -344,3 +344,43 @@ class TCPModeKeysTests(SynchronousTestCase):
         self.assertIn(
             "f.ini: [backend:a] proxy_protocol: needs mode = tcp", str(caught.exception)
         )
+
+
+class BackendProtectionKeysTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """No limit, a queue of 1024 and a 5 s queue timeout by default."""
+        config = parse("[backend:a]\naddress = h:1\n")
+        self.assertEqual(config.backends[0].max_connections, 0)
+        self.assertEqual((config.queue_size, config.queue_timeout), (1024, 5.0))
+
+    def test_values(self) -> None:
+        """max_connections per backend; queue_size 0 (no queue) is allowed."""
+        config = parse(
+            "[txlb]\nqueue_size = 0\nqueue_timeout = 250ms\n"
+            "[backend:a]\naddress = h:1\nmax_connections = 4\n"
+            "[backend:b]\naddress = h:2\n"
+        )
+        self.assertEqual([b.max_connections for b in config.backends], [4, 0])
+        self.assertEqual((config.queue_size, config.queue_timeout), (0, 0.25))
+
+    def test_bad_values(self) -> None:
+        """Bad values are named in one line with what is allowed."""
+        cases = {
+            "[txlb]\nqueue_size = -1\n": "f.ini: [txlb] queue_size: '-1' is not"
+            " valid; expected a whole number, 0 (no queue: 503 at once) or more",
+            "[txlb]\nqueue_timeout = 0\n": "f.ini: [txlb] queue_timeout: '0' is not"
+            " valid; expected a positive duration",
+            "[txlb]\nqueue_timeout = soon\n": "[txlb] queue_timeout: 'soon'",
+        }
+        for text, expected in cases.items():
+            with self.assertRaises(ConfigError) as caught:
+                parse(text + "[backend:a]\naddress = h:1\n", "f.ini")
+            self.assertIn(expected, str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            parse("[backend:a]\naddress = h:1\nmax_connections = 2.5\n", "f.ini")
+        self.assertEqual(
+            str(caught.exception),
+            "f.ini: [backend:a] max_connections: '2.5' is not valid; expected a"
+            " whole number, 0 (unlimited) or more: requests or connections at once",
+        )

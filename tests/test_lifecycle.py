@@ -513,3 +513,48 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(calls, ["/etc/txlb/lb.ini"])
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGUSR2), previous)
+
+
+class ReloadQueueTests(SynchronousTestCase):
+    """A reload applies max_connections, queue_size and queue_timeout."""
+
+    setUp = ReloadTests.setUp
+    messages = ReloadTests.messages
+
+    def test_raised_max_connections_serves_waiters(self) -> None:
+        """
+        A backend's max_connections applies at once; raising it lets the
+        oldest waiting requests in; nothing asks for a restart.
+        """
+        limit = "9001\nmax_connections = {}\n"
+        base = INI.format(extra="").replace(
+            "[backend:b]\naddress = 127.0.0.1:9002\n", ""
+        )
+        self.reloader.apply(parse(base.replace("9001\n", limit.format(1))))
+        a = self.registry.get("a")
+        self.assertEqual(a.max_connections, 1)
+        held = self.registry.acquire()
+        assert held is not None
+        got: list[str] = []
+        for _ in range(3):
+            self.registry.wait(
+                (), lambda lease: got.append(lease.backend.name), lambda: None
+            )
+        self.reloader.apply(parse(base.replace("9001\n", limit.format(3))))
+        self.clock.advance(0)
+        self.assertEqual((got, a.active, self.registry.queued), (["a", "a"], 3, 1))
+        self.assertFalse(any("restart" in m for m in self.messages()))
+
+    def test_queue_keys(self) -> None:
+        """queue_size and queue_timeout apply to requests that wait from now on."""
+        self.reloader.apply(
+            config(top="listen = tcp:8080\nqueue_size = 7\nqueue_timeout = 1s")
+        )
+        self.assertEqual(
+            (self.registry.queue_size, self.registry.queue_timeout), (7, 1.0)
+        )
+        self.assertFalse(any("restart" in m for m in self.messages()))
+        self.reloader.apply(config())
+        self.assertEqual(
+            (self.registry.queue_size, self.registry.queue_timeout), (1024, 5.0)
+        )

@@ -157,3 +157,31 @@ class MetricsTests(SynchronousTestCase):
             (("backend", "web1"), ("status_class", "2xx")),
         )
         self.assertEqual(_samples(second)[key], 0)
+
+
+class QueueMetricsTests(SynchronousTestCase):
+    def test_queue_and_max_connections(self) -> None:
+        """
+        The queue's length, size, waits, timeouts and rejections, and each
+        backend's max_connections, are read at scrape time.
+        """
+        clock = Clock()
+        config = parse(CONFIG.replace("weight = 3", "max_connections = 1"))
+        registry = Registry(config.backends[1:], clock, queue_size=2, queue_timeout=1.0)
+        metrics = Metrics(registry)
+        lease = registry.acquire()
+        assert lease is not None
+        for _ in range(3):
+            registry.wait((), lambda lease: None, lambda: None)
+        samples = _samples(metrics)
+        self.assertEqual(
+            samples[("txlb_backend_max_connections", (("backend", "web2"),))], 1
+        )
+        self.assertEqual(samples[("txlb_queue_length", ())], 2)
+        self.assertEqual(samples[("txlb_queue_size", ())], 2)
+        self.assertEqual(samples[("txlb_queued_total", ())], 2)
+        self.assertEqual(samples[("txlb_queue_rejections_total", ())], 1)
+        clock.advance(1.0)
+        samples = _samples(metrics)
+        self.assertEqual(samples[("txlb_queue_length", ())], 0)
+        self.assertEqual(samples[("txlb_queue_timeouts_total", ())], 2)

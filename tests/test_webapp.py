@@ -123,6 +123,7 @@ class ServerStatsTests(_Case):
                 "configured_weight": 1.0,
                 "ejections": 0,
                 "consecutive_failures": 0,
+                "max_connections": 0,
                 "rps": 1.0,
                 "error_rate": 0.0,
                 "share": 1.0,
@@ -147,6 +148,11 @@ class ServerStatsTests(_Case):
         self.assertEqual(totals["active_connections"], 1)
         self.assertEqual(totals["total_requests"], 1)
         self.assertEqual(totals["rps"], 1.0)
+        self.assertEqual(
+            [totals[k] for k in ("queued", "queue_size", "queued_total")], [0, 1024, 0]
+        )
+        self.assertEqual(totals["queue_timeouts"], 0)
+        self.assertEqual(totals["queue_full_rejections"], 0)
 
     def test_observe_feeds_metrics_too(self) -> None:
         """The proxy's hook feeds both the rolling stats and /metrics."""

@@ -110,6 +110,7 @@ class BackendConfig:
     weight: float = 1.0
     health: HealthConfig = HealthConfig()
     proxy_protocol: str = "none"
+    max_connections: int = 0
 
 
 @attrs.frozen
@@ -145,6 +146,8 @@ class Config:
     ewma_decay: float = 10.0
     panic_threshold: int = 0
     shutdown_timeout: float = 30.0
+    queue_size: int = 1024
+    queue_timeout: float = 5.0
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
 
@@ -369,6 +372,12 @@ _TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
         _events_rate,
         "server-sent events per second on /api/events, above 0 and at most 20",
     ),
+    "queue_size": (
+        _count,
+        "a whole number, 0 (no queue: 503 at once) or more; requests waiting"
+        " for a backend below its max_connections",
+    ),
+    "queue_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
     "trusted_proxies": (
         _networks,
         "empty (trust no one) or a comma list of addresses and networks whose"
@@ -395,6 +404,10 @@ _OUTLIER_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
 _BACKEND_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
     "address": (_address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"),
     "weight": (_weight, "a number above 0 and at most 1000"),
+    "max_connections": (
+        _count,
+        "a whole number, 0 (unlimited) or more: requests or connections at once",
+    ),
     "proxy_protocol": (
         _choice(PROXY_PROTOCOLS),
         "one of " + ", ".join(PROXY_PROTOCOLS) + " (PROXY protocol header, tcp mode)",

@@ -13,7 +13,8 @@ stop, so every drained request is logged.
 L{Reloader} applies a new configuration to the running balancer: backends
 added (in the registry, with a pool, a health track and stats series),
 removed (drained first: no new requests, those in flight finish, then
-dropped) and re-weighted.  L{ReloadOnSignal} reads the file again on SIGHUP;
+dropped), re-weighted and re-limited (C{max_connections}), and the queue
+resized.  L{ReloadOnSignal} reads the file again on SIGHUP;
 a file that does not parse is rejected and the running configuration stays.
 """
 
@@ -47,7 +48,7 @@ __all__ = ["Lifecycle", "ReloadOnSignal", "Reloader"]
 TICK = 0.1
 
 # The keys a reload applies; a change to any other needs a restart.
-_RELOADABLE_KEYS = frozenset({"filename", "backends"})
+_RELOADABLE_KEYS = frozenset({"filename", "backends", "queue_size", "queue_timeout"})
 
 
 def _stop_all(services: list[Any]) -> Deferred[Any]:
@@ -200,7 +201,10 @@ class Reloader:
         return True
 
     def apply(self, new: Config) -> None:
-        """Apply C{new}: add, drain and re-weight backends."""
+        """
+        Apply C{new}: add, drain, re-weight and re-limit backends
+        (C{max_connections}) and resize the queue.
+        """
         old = self._config
         fixed = [
             f.name
@@ -215,6 +219,8 @@ class Reloader:
                 keys=", ".join(_key_name(k) for k in fixed),
             )
         registry = self._registry
+        if (old.queue_size, old.queue_timeout) != (new.queue_size, new.queue_timeout):
+            registry.configure_queue(new.queue_size, new.queue_timeout)
         before = {b.name: b for b in old.backends}
         after = {b.name: b for b in new.backends}
         for name in before.keys() - after.keys():
@@ -225,7 +231,12 @@ class Reloader:
                 self._add(config)
             else:
                 self._update(previous, config)
-        self._config = attrs.evolve(old, backends=new.backends)
+        self._config = attrs.evolve(
+            old,
+            backends=new.backends,
+            queue_size=new.queue_size,
+            queue_timeout=new.queue_timeout,
+        )
         self.log.info(
             "reload: {count} backends configured ({added} added, {removed} removed)",
             count=len(new.backends),
@@ -246,6 +257,7 @@ class Reloader:
                 registry.set_draining(backend, False, "back in lb.ini (reload)")
                 if backend.configured_weight != config.weight:
                     registry.set_weight(backend, config.weight, "reload")
+                registry.set_max_connections(backend, config.max_connections, "reload")
             else:
                 self.log.warn(
                     "reload: backend {backend} is still draining at its old"
@@ -273,6 +285,8 @@ class Reloader:
         backend = self._registry.get(new.name)
         if old.weight != new.weight:
             self._registry.set_weight(backend, new.weight, "reload")
+        if old.max_connections != new.max_connections:
+            self._registry.set_max_connections(backend, new.max_connections, "reload")
         changed = [
             k
             for k in ("address", "health", "proxy_protocol")

@@ -5,8 +5,8 @@ Per-request metrics (a counter by backend and status class, a latency
 histogram by backend) are updated by L{Metrics.observe}, whose label
 children are made once at start so a request costs two increments.  The
 registry's own numbers (active connections, health state, weight, picks,
-failures) are read when Prometheus scrapes, by a custom collector, so they
-are never stale and cost nothing in between.
+failures, max_connections, the queue) are read when Prometheus scrapes, by
+a custom collector, so they are never stale and cost nothing in between.
 
 Each L{Metrics} has its own C{CollectorRegistry}: nothing goes in
 C{prometheus_client}'s global one, so tests and several instances never
@@ -98,6 +98,11 @@ class _RegistryCollector(Collector):
             "Requests the backend failed (unreachable, 5xx, reset, timeout).",
             labels=["backend"],
         )
+        limit = GaugeMetricFamily(
+            "txlb_backend_max_connections",
+            "Requests or connections the backend takes at once (0: unlimited).",
+            labels=["backend"],
+        )
         for b in backends:
             name = [b.name]
             active.add_metric(name, b.active)
@@ -108,7 +113,35 @@ class _RegistryCollector(Collector):
             weight.add_metric(name, b.weight)
             picks.add_metric(name, b.total_requests)
             failures.add_metric(name, b.failures)
-        yield from (active, up, state, weight, picks, failures)
+            limit.add_metric(name, b.max_connections)
+        yield from (active, up, state, weight, picks, failures, limit)
+
+        registry = self._registry
+        yield GaugeMetricFamily(
+            "txlb_queue_length",
+            "Requests waiting for a backend below its max_connections.",
+            value=registry.queued,
+        )
+        yield GaugeMetricFamily(
+            "txlb_queue_size",
+            "The most requests that may wait.",
+            value=registry.queue_size,
+        )
+        yield CounterMetricFamily(
+            "txlb_queued",
+            "Requests that waited in the queue.",
+            value=registry.queued_total,
+        )
+        yield CounterMetricFamily(
+            "txlb_queue_timeouts",
+            "Requests answered 503 after queue_timeout in the queue.",
+            value=registry.queue_timeouts,
+        )
+        yield CounterMetricFamily(
+            "txlb_queue_rejections",
+            "Requests answered 503 at once because the queue was full.",
+            value=registry.queue_full_rejections,
+        )
 
 
 class Metrics:

@@ -8,6 +8,11 @@ request that ends in several ways at once (backend error and client abort)
 still lowers the active count exactly once.  No I/O happens here; time comes
 from an injected clock.
 
+A backend with C{max_connections} is no candidate while that many leases are
+out on it.  When every backend a request could use is full, the request waits
+in one FIFO queue (HAProxy's backend queue, see L{Registry.wait}) for a lease,
+at most C{queue_timeout} seconds.
+
 Each backend's state comes from one model: the active checks' verdict
 (C{healthy}, C{probed}), passive ejection (C{ejected}), slow start (C{weight}
 still below C{configured_weight}) and the admin's drain.  Every change is
@@ -17,11 +22,11 @@ recorded with its time and cause.
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txlb.config import Address, BackendConfig, OutlierConfig
@@ -29,7 +34,7 @@ from txlb.decisions import DecisionLog
 from txlb.policy import POLICIES, Policy
 from txlb.selection import LoadIndex
 
-__all__ = ["Backend", "Lease", "Registry"]
+__all__ = ["Backend", "Lease", "Registry", "Waiter"]
 
 
 @attrs.define(eq=False)
@@ -67,6 +72,7 @@ class Backend:
     latency: float = 0.0
     latency_ewma: float = 0.0
     latency_stamp: float = 0.0
+    max_connections: int = 0
 
     @classmethod
     def configured(cls, config: BackendConfig, vtime: float = 0.0) -> Backend:
@@ -81,7 +87,14 @@ class Backend:
             slow_start=config.health.slow_start,
             probed=known,
             vtime=vtime,
+            max_connections=config.max_connections,
         )
+
+    @property
+    def full(self) -> bool:
+        """At its C{max_connections}: no candidate for another lease now."""
+        limit = self.max_connections
+        return limit > 0 and self.active >= limit
 
     @property
     def state(self) -> str:
@@ -140,11 +153,64 @@ class Lease:
             registry._failed(backend, why)
         elif backend.consecutive_failures:
             backend.consecutive_failures = 0
+        if registry._waiters:
+            # The slot goes to the oldest waiter that may use it, before any
+            # new request can take it.
+            registry._serve()
         return True
 
     @property
     def released(self) -> bool:
         return self._released
+
+
+class Waiter:
+    """
+    A request waiting in the registry's queue for a backend below its
+    C{max_connections} (see L{Registry.wait}).
+    """
+
+    __slots__ = ("_on_lease", "_on_timeout", "_registry", "_timer", "exclude")
+
+    def __init__(
+        self,
+        registry: Registry,
+        exclude: Container[Backend],
+        on_lease: Callable[[Lease], None],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        self._registry = registry
+        self.exclude = exclude
+        self._on_lease = on_lease
+        self._on_timeout = on_timeout
+        self._timer: IDelayedCall | None = None
+
+    def cancel(self) -> bool:
+        """
+        Stop waiting (the client went away).  Only the first call counts,
+        and none after the waiter got its lease or timed out.
+
+        @return: whether this call took it out of the queue.
+        """
+        return self._leave()
+
+    @property
+    def waiting(self) -> bool:
+        return self in self._registry._waiters
+
+    def _leave(self) -> bool:
+        if self._registry._waiters.pop(self, False) is False:
+            return False
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        return True
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._leave():
+            self._registry.queue_timeouts += 1
+            self._on_timeout()
 
 
 _HISTORY_LENGTH = 50
@@ -173,6 +239,8 @@ class Registry:
         outlier: OutlierConfig | None = None,
         panic_threshold: int = 0,
         ewma_decay: float = 10.0,
+        queue_size: int = 1024,
+        queue_timeout: float = 5.0,
     ) -> None:
         """
         @param outlier: when to eject backends that fail real requests.
@@ -181,6 +249,9 @@ class Registry:
         @param ewma_decay: least_time's time constant, in seconds: samples
             older than this weigh less than 1/e, and so does the estimate of
             a backend that has had no sample for that long.
+        @param queue_size: at most this many requests wait for a backend
+            below its C{max_connections} (0: none wait).
+        @param queue_timeout: the longest wait, in seconds.
         """
         self.backends: list[Backend] = [Backend.configured(b) for b in backends]
         self._outlier = outlier or OutlierConfig()
@@ -197,7 +268,7 @@ class Registry:
             "round_robin": lambda b: (b.vtime, position[b]),
         }
         self._index: LoadIndex[Backend] | None = (
-            LoadIndex(keys[algorithm]) if algorithm in keys else None
+            LoadIndex(keys[algorithm], _has_room) if algorithm in keys else None
         )
         self._indexed = False
         self._latency_aware = algorithm == "least_time"
@@ -207,6 +278,18 @@ class Registry:
         self._vclock = 0.0
         self.picks = 0
         self.decisions = DecisionLog(algorithm)
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        # Insertion-ordered: the oldest waiter first.
+        self._waiters: dict[Waiter, None] = {}
+        self._serving = False
+        self._serve_again = False
+        self._serve_later: IDelayedCall | None = None
+        self.queued_total = 0
+        self.queue_timeouts = 0
+        self.queue_full_rejections = 0
+        # Backends with a max_connections (the scan path filters only then).
+        self._limited = sum(1 for b in self.backends if b.max_connections)
         now = clock.seconds()
         for backend in self.backends:
             why = "configured" if backend.probed else "configured; waiting for a probe"
@@ -226,7 +309,11 @@ class Registry:
         if self._indexed:
             return self._acquire_indexed(exclude)
         candidates = self._available
-        if exclude:
+        if self._limited:
+            candidates = [
+                b for b in candidates if not b.full and not (exclude and b in exclude)
+            ]
+        elif exclude:
             candidates = [b for b in candidates if b not in exclude]
         if not candidates:
             return None
@@ -242,7 +329,7 @@ class Registry:
         if self._clock.seconds() < self.decisions.next_due:
             return self._chosen(backend, (), 0, exclude)
         # A sampled decision lists the candidates: O(n), at most 50 a second.
-        candidates = [b for b in self._available if b not in exclude]
+        candidates = [b for b in self._available if b not in exclude and not b.full]
         return self._chosen(backend, candidates, candidates.index(backend), exclude)
 
     def _chosen(
@@ -284,6 +371,8 @@ class Registry:
         if config.name in self._by_name:
             raise ValueError(f"backend {config.name} exists")
         backend = Backend.configured(config, vtime=self._vclock)
+        if backend.max_connections:
+            self._limited += 1
         self._position[backend] = max(self._position.values(), default=-1) + 1
         self.backends.append(backend)
         self._by_name[backend.name] = backend
@@ -300,6 +389,8 @@ class Registry:
             return
         self.backends.remove(backend)
         del self._by_name[backend.name]
+        if backend.max_connections:
+            self._limited -= 1
         if backend in self._ramping:
             self._ramping.remove(backend)
         self._update_available()
@@ -347,6 +438,126 @@ class Registry:
             backend.weight = weight
             self._weight_changed(backend)
         self._changed(backend, f"weight {old:g} -> {weight:g}: {reason}")
+
+    def set_max_connections(self, backend: Backend, limit: int, reason: str) -> None:
+        """
+        Change a backend's C{max_connections} (0: unlimited), recording why.
+        Leases already out stay; raising it lets waiters in.
+
+        @raise ValueError: if C{limit} is negative.
+        """
+        if limit < 0:
+            raise ValueError("max_connections must be 0 or more")
+        old = backend.max_connections
+        if old == limit:
+            return
+        backend.max_connections = limit
+        if backend in self._position:
+            self._limited += (limit > 0) - (old > 0)
+        self._weight_changed(backend)
+        self._changed(
+            backend,
+            f"max_connections {old or 'unlimited'} -> {limit or 'unlimited'}: {reason}",
+        )
+
+    def configure_queue(self, size: int, timeout: float) -> None:
+        """
+        Change C{queue_size} and C{queue_timeout} (a reload).  Requests
+        already waiting keep their place and their deadline.
+        """
+        self.queue_size = size
+        self.queue_timeout = timeout
+
+    # --- the queue -----------------------------------------------------------------
+
+    def full(self, exclude: Container[Backend] = ()) -> bool:
+        """
+        Whether a request that C{acquire(exclude)} could not serve should
+        wait: some backend it may use is in rotation but at its
+        C{max_connections}.  (Otherwise no backend is there for it: 503.)
+        """
+        if not self._limited:
+            return False
+        index = self._index
+        if self._indexed and not exclude:
+            return index.parked > 0  # type: ignore[union-attr]
+        return any(b.full and b not in exclude for b in self._available)
+
+    def wait(
+        self,
+        exclude: Container[Backend],
+        on_lease: Callable[[Lease], None],
+        on_timeout: Callable[[], None],
+    ) -> Waiter | None:
+        """
+        Queue a request for a backend not in C{exclude} (call it when
+        L{full} says so).  The oldest waiter that a freed slot suits gets it:
+        C{on_lease(lease)} is called once the slot's release is complete.
+        After C{queue_timeout} seconds without one, C{on_timeout()} is called
+        instead.  Neither is called after L{Waiter.cancel}.
+
+        @return: the waiter, or L{None} if C{queue_size} requests wait
+            already (answer 503 at once).
+        """
+        if len(self._waiters) >= self.queue_size:
+            self.queue_full_rejections += 1
+            return None
+        waiter = Waiter(self, exclude, on_lease, on_timeout)
+        self._waiters[waiter] = None
+        self.queued_total += 1
+        waiter._timer = self._clock.callLater(self.queue_timeout, waiter._expired)
+        return waiter
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the queue now."""
+        return len(self._waiters)
+
+    def _serve(self) -> None:
+        """
+        Hand free slots to waiters, oldest first, each to a backend its
+        C{exclude} allows.  A lease given out may be released at once, from
+        C{on_lease} itself: that inner call only asks this loop to start
+        again from the oldest waiter, so none is skipped.
+        """
+        if self._serving:
+            self._serve_again = True
+            return
+        self._serving = True
+        try:
+            while self._waiters:
+                self._serve_again = False
+                for waiter in list(self._waiters):
+                    if not waiter.waiting:
+                        continue  # cancelled by an earlier waiter's on_lease
+                    exclude = waiter.exclude
+                    lease = self.acquire(exclude)
+                    if lease is None:
+                        if not exclude:
+                            break  # no room for anyone
+                        continue
+                    on_lease = waiter._on_lease
+                    waiter._leave()
+                    on_lease(lease)
+                    if self._serve_again:
+                        break
+                if not self._serve_again:
+                    break
+        finally:
+            self._serving = False
+
+    def _serve_soon(self) -> None:
+        """
+        Serve the waiters in the next reactor turn: a backend came back,
+        was added or had its limit raised, and whoever changed it (a reload
+        adding its pool) finishes first.
+        """
+        if self._waiters and self._serve_later is None:
+            self._serve_later = self._clock.callLater(0, self._served_later)
+
+    def _served_later(self) -> None:
+        self._serve_later = None
+        self._serve()
 
     # --- passive checks ---------------------------------------------------------
 
@@ -464,6 +675,7 @@ class Registry:
         )
         del history[:-_HISTORY_LENGTH]
         self._update_available()
+        self._serve_soon()
         self.log.info(
             "backend {backend} is {state}: {reason}",
             backend=backend.name,
@@ -514,6 +726,7 @@ class Registry:
             "configured_weight": b.configured_weight,
             "ejections": b.ejections,
             "consecutive_failures": b.consecutive_failures,
+            "max_connections": b.max_connections,
             "history": [
                 {
                     "time": t.time,
@@ -536,6 +749,11 @@ class Registry:
             "total_requests": sum(b.total_requests for b in backends),
             "failures": sum(b.failures for b in backends),
             "panic": self.panic,
+            "queued": len(self._waiters),
+            "queue_size": self.queue_size,
+            "queued_total": self.queued_total,
+            "queue_timeouts": self.queue_timeouts,
+            "queue_full_rejections": self.queue_full_rejections,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -549,3 +767,7 @@ class Registry:
             "backends": [self.describe(b) for b in self.backends],
             "totals": self.totals(),
         }
+
+
+def _has_room(backend: Backend) -> bool:
+    return not backend.full

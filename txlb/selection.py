@@ -6,6 +6,10 @@ The heap is lazy: a backend whose key changed (a request started or ended,
 its weight changed) gets a new entry with a new stamp, and entries with an
 old stamp are dropped when they reach the top.  It is rebuilt when stale
 entries outnumber live ones, so its size stays O(n).
+
+A member that may not be chosen for now (a backend at its
+C{max_connections}) is parked: it stays a member, with no live entry, until
+a touch finds it eligible again.
 """
 
 from __future__ import annotations
@@ -28,30 +32,59 @@ class LoadIndex(Generic[Keyed]):
         where the pure policy sends them (to the first candidate).
     """
 
-    def __init__(self, key: Callable[[Keyed], tuple[Any, ...]]) -> None:
+    def __init__(
+        self,
+        key: Callable[[Keyed], tuple[Any, ...]],
+        eligible: Callable[[Keyed], bool] | None = None,
+    ) -> None:
+        """
+        @param eligible: whether a member may be chosen now (L{None}: every
+            member may); asked again on every L{touch}.
+        """
         self._key = key
+        self._eligible = eligible
         self._heap: list[tuple[Any, ...]] = []
+        # Member -> the stamp of its live entry, or _PARKED.
         self._stamp: dict[Keyed, int] = {}
+        # Stamps are never reused, so a parked member's old entries stay stale.
+        self._next = 0
+        self.parked = 0
 
     def rebuild(self, members: Sequence[Keyed]) -> None:
         """Index exactly C{members} (the backends in rotation)."""
         key = self._key
+        eligible = self._eligible
         stamp = self._stamp
         stamp.clear()
         heap = []
+        parked = 0
+        current = self._next = self._next + 1
         for backend in members:
-            stamp[backend] = 0
-            heap.append((*key(backend), 0, backend))
+            if eligible is not None and not eligible(backend):
+                stamp[backend] = _PARKED
+                parked += 1
+                continue
+            stamp[backend] = current
+            heap.append((*key(backend), current, backend))
         heapq.heapify(heap)
         self._heap = heap
+        self.parked = parked
 
     def touch(self, backend: Keyed) -> None:
-        """C{backend}'s key changed (ignored if it is not in rotation)."""
+        """C{backend}'s key or room changed (ignored if it is not in rotation)."""
         stamp = self._stamp
-        current = stamp.get(backend)
-        if current is None:
+        previous = stamp.get(backend)
+        if previous is None:
             return
-        current += 1
+        eligible = self._eligible
+        if eligible is not None and not eligible(backend):
+            if previous != _PARKED:
+                stamp[backend] = _PARKED
+                self.parked += 1
+            return
+        if previous == _PARKED:
+            self.parked -= 1
+        current = self._next = self._next + 1
         stamp[backend] = current
         heap = self._heap
         heapq.heappush(heap, (*self._key(backend), current, backend))
@@ -59,7 +92,7 @@ class LoadIndex(Generic[Keyed]):
             self.rebuild(sorted(stamp, key=self._key))
 
     def best(self, exclude: Container[Keyed] = ()) -> Keyed | None:
-        """The member with the smallest key that is not excluded."""
+        """The eligible member with the smallest key that is not excluded."""
         heap = self._heap
         stamp = self._stamp
         aside = []
@@ -77,3 +110,10 @@ class LoadIndex(Generic[Keyed]):
         for entry in aside:
             heapq.heappush(heap, entry)
         return found
+
+    def is_parked(self, backend: Keyed) -> bool:
+        """Whether C{backend} is a member that may not be chosen now."""
+        return self._stamp.get(backend) == _PARKED
+
+
+_PARKED = -1

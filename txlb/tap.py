@@ -141,6 +141,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         outlier=config.outlier,
         panic_threshold=config.panic_threshold,
         ewma_decay=config.ewma_decay,
+        queue_size=config.queue_size,
+        queue_timeout=config.queue_timeout,
     )
 
     access_log = None
