@@ -67,7 +67,12 @@ class Harness:
         for i in range(backends):
             text += f"[backend:b{i}]\naddress = 127.0.0.1:{9001 + i}\n{backend_extra}\n"
         self.config = parse(text, "test.ini")
-        self.registry = Registry(self.config.backends, self.reactor)
+        self.registry = Registry(
+            self.config.backends,
+            self.reactor,
+            queue_size=self.config.queue_size,
+            queue_timeout=self.config.queue_timeout,
+        )
         self.observed: list[tuple[str, int]] = []
         self.seconds: list[float] = []
         self.proxy = TCPProxy(
@@ -190,6 +195,75 @@ class ConnectTests(SynchronousTestCase):
         client = h.client()
         self.assertTrue(client.transport.disconnecting)
         self.assertEqual(h.connects(), [])
+
+
+class QueueTests(SynchronousTestCase):
+    def harness(self, extra: str = "") -> Harness:
+        return Harness(
+            backends=1,
+            extra="queue_timeout = 3s\n" + extra,
+            backend_extra="max_connections = 1",
+        )
+
+    def test_waits_for_a_free_backend(self) -> None:
+        """
+        A client beyond max_connections waits, paused and without a
+        connection attempt, until a connection ends; then it connects.
+        """
+        h = self.harness()
+        first = h.client()
+        backend = h.accept()
+        second = h.client()
+        self.assertEqual(second.transport.producerState, "paused")
+        self.assertFalse(second.transport.disconnecting)
+        self.assertEqual(h.connects(), [])
+        self.assertEqual((h.active(), h.registry.queued), ([1], 1))
+        backend.transport.loseConnection()
+        self.assertTrue(first.transport.disconnecting)
+        self.assertEqual(h.connects(), [("127.0.0.1", 9001, 3.0)])
+        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
+        second_backend = h.accept()
+        self.assertEqual(second.transport.producerState, "producing")
+        second.send(b"late")
+        self.assertEqual(second_backend.received(), b"late")
+
+    def test_queue_timeout_closes(self) -> None:
+        """A client that waits queue_timeout is closed; nothing leaks."""
+        h = self.harness()
+        h.client()
+        h.accept()
+        second = h.client()
+        h.reactor.advance(2.9)
+        self.assertFalse(second.transport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(second.transport.disconnecting)
+        self.assertEqual(h.connects(), [])
+        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
+        self.assertEqual(h.registry.queue_timeouts, 1)
+
+    def test_client_leaves_while_queued(self) -> None:
+        """A queued client that goes away leaves the queue at once."""
+        h = self.harness()
+        h.client()
+        backend = h.accept()
+        second = h.client()
+        second.transport.loseConnection()
+        self.assertEqual(h.registry.queued, 0)
+        backend.transport.loseConnection()
+        self.assertEqual(h.connects(), [])
+        self.assertEqual(h.active(), [0])
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_queue_full_closes_at_once(self) -> None:
+        """With the queue full a client is closed at once."""
+        h = self.harness("queue_size = 1")
+        h.client()
+        h.accept()
+        h.client()
+        third = h.client()
+        self.assertTrue(third.transport.disconnecting)
+        self.assertEqual(h.registry.queue_full_rejections, 1)
+        self.assertEqual(h.registry.queued, 1)
 
 
 class FailoverTests(SynchronousTestCase):

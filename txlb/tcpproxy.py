@@ -8,6 +8,10 @@ fails or does not connect within C{connect_timeout} is counted as failed
 and the next one is tried (at most C{retries} more), never one already
 tried for this client.  Once connected, an optional PROXY protocol header
 goes first, then L{txlb.tunnel.Relay} carries the bytes both ways.
+
+When every backend the client may use is at its C{max_connections}, the
+client waits (still paused) in the registry's queue; it is closed if no
+backend frees up within C{queue_timeout} or the queue is full.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from twisted.python.failure import Failure
 
 from txlb import proxyproto
 from txlb.config import Config
-from txlb.registry import Backend, Lease, Registry
+from txlb.registry import Backend, Lease, Registry, Waiter
 from txlb.tunnel import Relay, Side
 
 __all__ = ["TCPProxy", "TCPProxyFactory"]
@@ -98,6 +102,7 @@ class _Client(Side):
         self.proxy = proxy
         self.tried: list[Backend] = []
         self.lease: Lease | None = None
+        self.waiter: Waiter | None = None
         self.attempt: _Attempt | None = None
         self.early: list[bytes] = []
         self.started = 0.0
@@ -140,21 +145,46 @@ class _Client(Side):
         attempt, self.attempt = self.attempt, None
         if attempt is not None:
             attempt.abandon()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.cancel()
         self._release(failed=False)
 
     # --- choosing and connecting --------------------------------------------------
 
     def _pick(self) -> None:
-        proxy = self.proxy
-        lease = proxy.registry.acquire(self.tried)
-        if lease is None:
-            self.log.warn(
-                "no backend for client {client}: {why}",
-                client=_peer(self),
-                why="every backend tried failed" if self.tried else "none available",
-            )
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        registry = self.proxy.registry
+        lease = registry.acquire(self.tried)
+        if lease is not None:
+            self._connect(lease)
             return
+        if registry.full(self.tried):
+            self.waiter = registry.wait(self.tried, self._leased, self._queue_timed_out)
+            if self.waiter is not None:
+                return
+            why = "every backend is at max_connections and the queue is full"
+        else:
+            why = "every backend tried failed" if self.tried else "none available"
+        self._give_up(why)
+
+    def _leased(self, lease: Lease) -> None:
+        """A backend freed up while the client waited in the queue."""
+        self.waiter = None
+        self._connect(lease)
+
+    def _queue_timed_out(self) -> None:
+        self.waiter = None
+        timeout = self.proxy.registry.queue_timeout
+        self._give_up(f"no backend below max_connections within {timeout:g}s")
+
+    def _give_up(self, why: str) -> None:
+        self.log.warn(
+            "no backend for client {client}: {why}", client=_peer(self), why=why
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _connect(self, lease: Lease) -> None:
+        proxy = self.proxy
         self.lease = lease
         backend = lease.backend
         self.tried.append(backend)
