@@ -195,6 +195,7 @@ class _Exchange:
         "upgrade",
         "upstream_started",
         "uri",
+        "waiter",
     )
 
     log = Logger()
@@ -311,6 +312,9 @@ class _Exchange:
         if self.done:
             return
         self.done = True
+        waiter = getattr(self, "waiter", None)
+        if waiter is not None:
+            waiter.cancel()  # idempotent: nothing if it got a lease already
         if self.attempt is not None:
             self.attempt.cancel()
             self.attempt = None
@@ -322,9 +326,27 @@ class _Exchange:
     # --- choosing a backend ------------------------------------------------------
 
     def _pick(self) -> None:
-        lease = self.proxy.registry.acquire(self.tried)
+        registry = self.proxy.registry
+        lease = registry.acquire(self.tried)
         if lease is None:
-            if self.tried:
+            if registry.full(self.tried):
+                # Every backend it may use is at max_connections: wait in
+                # the registry's queue (see Registry.wait).
+
+                def leased(lease: Lease) -> None:
+                    self.lease = lease
+                    self.tried.append(lease.backend)
+                    self.attempt = self.proxy.pools[lease.backend].get(self)
+
+                def timed_out() -> None:
+                    message = b"no backend is available: queue timed out"
+                    self._error(503, message, retry=True)
+
+                self.waiter = registry.wait(self.tried, leased, timed_out)
+                if self.waiter is None:
+                    message = b"no backend is available: queue full"
+                    self._error(503, message, retry=True)
+            elif self.tried:
                 self._error(502, b"no backend could be reached")
             else:
                 self._error(503, b"no backend is available", retry=True)
