@@ -310,6 +310,13 @@
     if (ejected) notes.push(`${ejected} ejected`);
     if (!notes.length) notes.push(t.available === t.backends ? "all in rotation" : `${t.available} in rotation`);
     setText($("kpi-up-sub"), notes.join(" · "));
+    // The queue: requests waiting for a backend below its max_connections.
+    const queued = t.queued ?? 0;
+    setText($("kpi-queue"), `${fmtNumber(queued, 0)} / ${fmtNumber(t.queue_size, 0)}`);
+    $("kpi-queue").className = "value" + (queued >= t.queue_size && t.queue_size > 0 ? " bad" : queued > 0 ? " warn" : "");
+    const refused = (t.queue_timeouts ?? 0) + (t.queue_full_rejections ?? 0);
+    setText($("kpi-queue-sub"), `${fmtNumber(t.queue_timeouts, 0)} timed out · ${fmtNumber(t.queue_full_rejections, 0)} refused · ${fmtNumber(t.queued_total, 0)} waited`);
+    $("kpi-queue-sub").className = "note" + (refused ? " warn-text" : "");
   }
 
   // --- table ------------------------------------------------------------------
@@ -461,8 +468,13 @@
       c.state.className = `pill ${b.state}`;
       setText(c.state, b.state);
       row.tr.className = b.state === "draining" ? "is-draining" : b.healthy ? "" : "is-unhealthy";
-      setText(c.active, fmtNumber(b.active_connections, 0));
-      c.active.title = `${b.active_connections} of the busiest backend's ${maxActive}`;
+      // "3 / 4" when the backend has a max_connections, "3" when unlimited.
+      const limit = b.max_connections || 0;
+      setText(c.active, limit ? `${fmtNumber(b.active_connections, 0)} / ${fmtNumber(limit, 0)}` : fmtNumber(b.active_connections, 0));
+      c.active.classList.toggle("warn-text", limit > 0 && b.active_connections >= limit);
+      c.active.title = limit
+        ? `${b.active_connections} of max_connections ${limit}` + (b.active_connections >= limit ? ": full, new requests wait in the queue" : "")
+        : `${b.active_connections} of the busiest backend's ${maxActive} (no max_connections)`;
       setText(c.rps, fmtRate(b.rps));
       c.share.fill.style.width = `${Math.min(100, b.share * 100)}%`;
       setText(c.share.text, fmtPct(b.share));

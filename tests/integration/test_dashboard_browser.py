@@ -166,6 +166,7 @@ def _start_balancer(
     tmp_path: Path,
     backends: list[tuple[str, int]],
     extra: str = "",
+    backend_extra: str = "",
 ) -> Balancer:
     port = free_port()
     token_file = tmp_path / "admin-token"
@@ -176,7 +177,7 @@ def _start_balancer(
         "[health]\ninterval = 1s\ntimeout = 500ms\n"
     )
     for name, backend_port in backends:
-        text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n"
+        text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n{backend_extra}"
     ini = tmp_path / "lb.ini"
     ini.write_text(text)
     from tests.integration.conftest import TWISTD
@@ -411,6 +412,60 @@ def test_dashboard_readable_with_100_backends(
         share = page.evaluate("Chart.getChart('chart-share').data.labels")
         assert len(share) <= 10
         page.screenshot(path=str(OUTPUT / "dashboard-100.png"), full_page=False)
+    assert b.problems == [], "\n".join(b.problems)
+
+
+@needs_browser
+def test_dashboard_shows_the_queue(
+    processes: Processes, tmp_path: Path, browser: Callable[..., Browser]
+) -> None:
+    """
+    With more clients than the backends' max_connections, the table shows
+    each backend's active requests against its limit ("2 / 2") and the
+    summary shows the queue: requests waiting, of queue_size, with those
+    timed out.
+    """
+    _installed_chart_js()
+    backends = _demo_backends(processes, [("web1", "300ms"), ("web2", "300ms")])
+    balancer = _start_balancer(
+        processes,
+        tmp_path,
+        backends,
+        extra="queue_size = 50\nqueue_timeout = 700ms",
+        backend_extra="max_connections = 2\n",
+    )
+    OUTPUT.mkdir(exist_ok=True)
+    # 12 clients for 4 slots of 300 ms: about 8 wait, some longer than 700 ms.
+    with Load(balancer.port, threads=12, seconds=60):
+        b = browser(1440, 1000)
+        page = b.page
+        page.goto(balancer.url + "/dashboard/")
+        page.wait_for_selector("#stream[data-mode='live']", timeout=15000)
+        b.wait_until(
+            "/^[1-9][0-9]* \\/ 50$/.test(document.getElementById('kpi-queue')"
+            ".textContent)",
+            15,
+        )
+        b.wait_until(
+            "/^[1-9][0-9]* timed out/.test(document.getElementById('kpi-queue-sub')"
+            ".textContent)",
+            15,
+        )
+        b.wait_until(
+            "[...document.querySelectorAll('#backends tbody tr td.num:nth-child(3)')]"
+            ".some((td) => td.textContent === '2 / 2')",
+            10,
+        )
+        queue = page.locator("#kpi-queue").inner_text()
+        totals = _stats(balancer)["totals"]
+        assert totals["queue_timeouts"] > 0 and totals["queued_total"] > 0, totals
+        assert all(
+            x["max_connections"] == 2 and x["active_connections"] <= 2
+            for x in _stats(balancer)["backends"]
+        )
+        page.screenshot(path=str(OUTPUT / "dashboard-queue.png"), full_page=True)
+    assert queue.endswith(" / 50"), queue
+    # The queue's 503s are answers to the load, not the page's own requests.
     assert b.problems == [], "\n".join(b.problems)
 
 
