@@ -15,8 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -228,24 +227,16 @@ class RequestHeadPropertyTests(SynchronousTestCase):
         """
         Exactly one Host reaches the backend: the client's, unchanged, or
         the default (the address connected to) when it sent none.
-
-        Two known bugs are left out here and pinned by the xfail tests
-        below: an empty Host, and C{Connection: host}.
         """
-        drop = connection_tokens(v for n, v in headers if n.lower() == b"connection")
         client_hosts = [v for n, v in headers if n.lower() == b"host"]
-        assume(b"host" not in drop and b"" not in client_hosts)
         head, _ = build(headers, method, length, trusted, default_host=b"10.0.0.1")
         hosts = [v for n, v in fields(head) if n == b"host"]
         self.assertEqual(hosts, client_hosts or [b"10.0.0.1"])
 
 
-# Found by test_host_passes_unchanged before the exclusions; reported to the
-# lead (headers.py is theirs).  pytest only (trial's todo does not work
-# under pytest): strict, so each turns red once fixed.
+# Found by test_host_passes_unchanged, and fixed.
 
 
-@pytest.mark.xfail(strict=True, reason="headers.py: an empty Host is sent twice")
 def test_empty_host_sent_once() -> None:
     """
     An HTTP/1.1 client whose target has no authority MUST send an empty
@@ -255,7 +246,6 @@ def test_empty_host_sent_once() -> None:
     assert [v for n, v in fields(head) if n == b"host"] == [b""]
 
 
-@pytest.mark.xfail(strict=True, reason="headers.py: Connection: host drops Host")
 def test_connection_cannot_drop_host() -> None:
     """
     C{Connection: host} must not take the client's Host away from the

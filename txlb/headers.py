@@ -200,7 +200,10 @@ def request_head(
     append = parts.append
     forwarded_for: list[bytes] | None = None
     forwarded_host = b""
-    host = b""
+    host: bytes | None = None
+    if b"host" in drop:
+        # Host is for every recipient: a Connection option cannot remove it.
+        drop = drop - {b"host"}
     for name, value in headers:
         lower = name.lower()
         if lower in _NOT_COPIED or lower in drop:
@@ -218,13 +221,13 @@ def request_head(
                 forwarded_host = value.strip()
                 continue
             # Forwarded and X-Real-IP from a trusted proxy pass as they are.
-        elif lower == b"host" and not host:
+        elif lower == b"host" and host is None:
             host = value
         append(name)
         append(b": ")
         append(value)
         append(b"\r\n")
-    if not host:
+    if host is None:
         host = default_host
         append(b"Host: " + host + b"\r\n")
     if forwarded_for is not None and trusted is not None:
