@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txlb import fastio
 from txlb.config import Config
 
 __all__ = ["ClientRequest", "HTTPFrontend", "HTTPFrontendFactory", "Limits"]
@@ -638,7 +639,7 @@ class HTTPFrontend(Protocol):
     # --- for the handlers ---------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        fastio.write(self.transport, data)
 
     def abort(self) -> None:
         self.transport.abortConnection()  # type: ignore[union-attr]

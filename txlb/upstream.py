@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTCP, ITCPTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from txlb import fastio
 from txlb.config import Address
 
 __all__ = ["BackendConnection", "BackendPool", "UpstreamSink"]
@@ -103,11 +104,11 @@ class BackendConnection(Protocol):
         self._head_only = head_only
         self._responded = False
         self._request_sent = False
-        self.transport.write(head)  # type: ignore[union-attr]
+        fastio.write(self.transport, head)
 
     def send(self, data: bytes) -> None:
         """Send a piece of the request body."""
-        self.transport.write(data)  # type: ignore[union-attr]
+        fastio.write(self.transport, data)
 
     def request_sent(self) -> None:
         """The whole request has been sent."""
