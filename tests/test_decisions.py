@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.config import parse
-from txlb.decisions import RATE, SIZE
+from txlb.decisions import CANDIDATE_RATE, RATE, SIZE
 from txlb.registry import Registry
 
 CONFIG = """
@@ -127,6 +127,30 @@ class DecisionLogTests(SynchronousTestCase):
         newest = registry.decisions.describe(1)[0]
         self.assertEqual(newest["pick"], 101)
         self.assertEqual(len(registry.decisions), 2)
+
+    def test_large_pools_sampled_less_often(self) -> None:
+        """
+        A decision among many candidates is followed by the next one only
+        once that many candidates fit in L{CANDIDATE_RATE} a second: 100
+        candidates, 2500 a second, one decision every 0.04 s (not 1/RATE).
+        """
+        config = "".join(
+            f"[backend:b{i}]\naddress = 127.0.0.1:{9000 + i}\n" for i in range(100)
+        )
+        clock = Clock()
+        clock.advance(100)
+        registry = Registry(parse(config).backends, clock)
+        registry.acquire()
+        self.assertEqual(len(registry.decisions), 1)
+        due = 100 / CANDIDATE_RATE
+        self.assertGreater(due, 1.0 / RATE)
+        clock.advance(due - 0.0001)
+        registry.acquire()
+        self.assertEqual(len(registry.decisions), 1)
+        clock.advance(0.0002)
+        registry.acquire()
+        self.assertEqual(len(registry.decisions), 2)
+        self.assertEqual(registry.decisions.describe(1)[0]["candidates_total"], 100)
 
     def test_bounded(self) -> None:
         """The log keeps its last SIZE decisions, newest first."""
