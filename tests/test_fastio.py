@@ -153,6 +153,23 @@ class WriteTests(SynchronousTestCase):
         fastio.write(self.transport, b"late")
         self.assertEqual(self.transport._tempDataLen, 4)
 
+    def test_aborted_transport_sends_nothing(self) -> None:
+        """
+        After C{abortConnection} (its connectionLost still to come) nothing
+        more reaches the peer: at shutdown a proxy may still try to answer
+        a client it has just aborted.
+        """
+        self.transport.reactor = MemoryReactorClock()  # abort schedules its end
+        self.transport.abortConnection()
+        fastio.write(self.transport, b"late")
+        self.assertEqual(self.transport._tempDataLen, 4)  # buffered, never sent
+        self.peer.settimeout(0.2)
+        try:
+            got = self.peer.recv(10)
+        except TimeoutError:
+            got = b""
+        self.assertEqual(got, b"")
+
     def test_reset_surfaces_as_connection_lost(self) -> None:
         """A send that fails (the peer reset the connection) is left to the
         transport, whose next write attempt reports the lost connection."""

@@ -46,7 +46,8 @@ def write(transport: Any, data: bytes) -> None:
     exactly as the transport itself would have sent it.
 
     That is when C{transport} is a plain TCP connection (a C{tcp.Server} or
-    C{tcp.Client}, TLS not started) that is connected, not closing, and has
+    C{tcp.Client}, TLS not started) that is connected, not closing or
+    aborted (an aborted one must send nothing more), and has
     nothing buffered: then C{socket.send} takes what the kernel accepts and
     the rest goes through C{transport.write}, so ordering, the producer's
     pause once more than C{bufferSize} is buffered, C{loseConnection} after
@@ -66,6 +67,7 @@ def write(transport: Any, data: bytes) -> None:
         and not transport._tempDataLen
         and transport.connected
         and not transport.disconnecting
+        and not transport._aborting
         and not transport.TLS
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
