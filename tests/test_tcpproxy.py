@@ -197,6 +197,24 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(h.connects(), [])
 
 
+class MaxClientsTests(SynchronousTestCase):
+    def test_over_max_clients_closed_at_once(self) -> None:
+        """
+        A connection over max_clients is closed as accepted, with no
+        backend contacted; once one closes, the next is relayed again.
+        """
+        h = Harness(backends=1, extra="max_clients = 2")
+        first, _ = h.client(), h.client()
+        third = h.client()
+        self.assertTrue(third.transport.disconnecting)
+        self.assertEqual(len(h.connects()), 2)
+        self.assertEqual(h.proxy.refused, 1)
+        first.transport.loseConnection()
+        fourth = h.client()
+        self.assertFalse(fourth.transport.disconnecting)
+        self.assertEqual(len(h.connects()), 3)
+
+
 class QueueTests(SynchronousTestCase):
     def harness(self, extra: str = "") -> Harness:
         return Harness(

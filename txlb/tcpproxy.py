@@ -28,7 +28,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
-from twisted.internet.protocol import ClientFactory, Factory, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -70,6 +70,8 @@ class TCPProxy:
         self.connect_timeout = config.connect_timeout
         self.idle_timeout = config.idle_timeout
         self.retries = config.retries
+        self.max_clients = config.max_clients
+        self.refused = 0
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
         by_name = {b.name: b.proxy_protocol for b in config.backends}
@@ -79,15 +81,38 @@ class TCPProxy:
 
 
 class TCPProxyFactory(Factory):
-    """Builds a L{_Client} for each accepted connection."""
+    """
+    Builds a L{_Client} for each accepted connection, or closes one over
+    C{max_clients} at once (HTTP mode answers it a 503).
+    """
 
     noisy = False
+    log = Logger()
 
     def __init__(self, proxy: TCPProxy) -> None:
         self.proxy = proxy
+        self._warned = -1.0
 
-    def buildProtocol(self, addr: IAddress | None) -> _Client:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        proxy = self.proxy
+        if len(proxy.connections) >= proxy.max_clients:
+            proxy.refused += 1
+            now = proxy.clock.seconds()
+            if now - self._warned >= 1.0:
+                self._warned = now
+                self.log.warn(
+                    "{count} client connections (max_clients): refusing more",
+                    count=len(proxy.connections),
+                )
+            return _Refuse()
         return _Client(self.proxy)
+
+
+class _Refuse(Protocol):
+    """Closes a connection over C{max_clients} as soon as it is accepted."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class _Client(Side):
