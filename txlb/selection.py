@@ -89,7 +89,10 @@ class LoadIndex(Generic[Keyed]):
         heap = self._heap
         heapq.heappush(heap, (*self._key(backend), current, backend))
         if len(heap) > 2 * len(stamp) + 64:
-            self.rebuild(sorted(stamp, key=self._key))
+            # Keep only the live entries: O(n), and no key is computed again.
+            live = [e for e in heap if stamp.get(e[-1]) == e[-2]]
+            heapq.heapify(live)
+            self._heap = live
 
     def best(self, exclude: Container[Keyed] = ()) -> Keyed | None:
         """The eligible member with the smallest key that is not excluded."""
