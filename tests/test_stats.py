@@ -124,8 +124,19 @@ class StatsTests(SynchronousTestCase):
         snapshot = stats.snapshot()
         self.assertEqual(
             set(snapshot),
-            {"time", "algorithm", "uptime", "window_seconds", "backends", "totals"},
+            {
+                "time",
+                "algorithm",
+                "uptime",
+                "window_seconds",
+                "clients",
+                "backends",
+                "totals",
+            },
         )
+        self.assertEqual(snapshot["clients"], {})  # no front end wired
+        stats.clients = lambda: {"connections": 3, "refused": 1, "rejected": 2}
+        self.assertEqual(stats.snapshot()["clients"]["refused"], 1)
         self.assertEqual(
             set(snapshot["backends"][0]),
             {

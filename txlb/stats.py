@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -158,6 +158,8 @@ class Stats:
         self._started = clock.seconds()
         self._series = {b: Series() for b in registry.backends}
         self._total = Series()
+        # The front end's own counters (open, refused, rejected), when wired.
+        self.clients: Callable[[], dict[str, int]] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
@@ -203,9 +205,11 @@ class Stats:
                     "latency_ms": _latency_ms(series.latencies(now)),
                 }
             )
+        clients = self.clients
         return {
             "time": now,
             "algorithm": registry.algorithm,
+            "clients": clients() if clients is not None else {},
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import prometheus_client
@@ -180,6 +181,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             reactor,
             reserve=stats_endpoint is None,
         )
+    app.stats.clients = _client_counters(front)
     for endpoint in listen:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
@@ -202,6 +204,20 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # SIGHUP re-reads the same file.
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
+
+
+def _client_counters(front: Any) -> Callable[[], dict[str, int]]:
+    """The front end's counters, for C{/api/server-stats} under C{clients}."""
+    counted = front.proxy if isinstance(front, TCPProxyFactory) else front
+
+    def counters() -> dict[str, int]:
+        return {
+            "connections": len(counted.connections),
+            "refused": counted.refused,
+            "rejected": getattr(counted, "rejected", 0),
+        }
+
+    return counters
 
 
 def tune_gc() -> None:

@@ -80,6 +80,7 @@ def test_slowloris_head_cut_off_at_header_timeout(
     assert elapsed < 5, elapsed
     # The backend saw the normal clients' requests, none of the slow ones.
     assert backend.stats()["requests"] == served
+    assert lb.stats()["clients"]["rejected"] == len(slow)
     for sock in slow:
         sock.close()
 
@@ -129,7 +130,15 @@ def test_connections_over_max_clients_refused(
     """Over max_clients, a connection gets 503 and is closed; below, served."""
     backend = demo_backend("b1")
     lb = balancer([("b1", backend.port)], extra="max_clients = 5\n")
-    held = [_connect(lb.port) for _ in range(5)]
+    held = []
+    for _ in range(5):
+        # One at a time, each served (so counted for sure: a connection
+        # closed just before, like the fixture's port probe, may not be
+        # seen closed yet when several are accepted at once) and kept open.
+        sock = _connect(lb.port)
+        held.append(sock)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
     try:
         with _connect(lb.port) as extra:
             refused = _read_all(extra)
@@ -139,6 +148,9 @@ def test_connections_over_max_clients_refused(
         with _connect(lb.port) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             assert _read_all(sock).startswith(b"HTTP/1.1 200 ")
+        clients = lb.stats()["clients"]
+        assert clients["refused"] == 1, clients
+        assert clients["connections"] == 5  # 4 held and the stats request's
     finally:
         for sock in held:
             sock.close()
