@@ -60,6 +60,10 @@ LABELS = {
     "txlb-tcp": "txlb, mode tcp",
     "txlb-1000": "txlb, 1000 backends",
     "txlb-3": "txlb, 3 backends",
+    "haproxy-1000": "HAProxy leastconn, 1000 backends (reference)",
+    "haproxy-3": "HAProxy leastconn, 3 backends (reference)",
+    "nginx-1000": "nginx least_conn, 1000 backends (reference)",
+    "nginx-3": "nginx least_conn, 3 backends (reference)",
 }
 
 SMALL_BODY = "0123456789abcdef"  # 16 bytes

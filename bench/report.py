@@ -28,6 +28,10 @@ ORDER = [
     "txlb-tcp",
     "txlb-3",
     "txlb-1000",
+    "haproxy-3",
+    "haproxy-1000",
+    "nginx-3",
+    "nginx-1000",
 ]
 
 _MEDIAN_KEYS = (
@@ -120,6 +124,19 @@ def finish(results: dict[str, Any]) -> None:
                 f"peer CPU time per request / {mine}'s: requests per CPU-second,"
                 " txlb over peer (less moved by other load on the machine)"
             )
+        if cell_id == "6-selection":
+            # Each balancer's 1000-backend throughput over its 3-backend one.
+            cell["scale"] = {
+                base: _ratio(
+                    _med(cell, f"{base}-1000", metric), _med(cell, f"{base}-3", metric)
+                )
+                for base in ("txlb", "haproxy", "nginx")
+                if f"{base}-3" in cell["peers"] and f"{base}-1000" in cell["peers"]
+            }
+            cell["scale_cpu"] = {
+                base: _ratio(cpu.get(f"{base}-3"), cpu.get(f"{base}-1000"))
+                for base in cell["scale"]
+            }
         if cell_id == "1-c1":
             direct = _med(cell, "direct", "p50_ms")
             cell["added_p50_ms"] = {
@@ -416,7 +433,20 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
             _f(cell.get("cpu_ratios", {}).get(p), "{:.2f}"),
         ]
         rows.append(row)
-    return [*out, *_table(header, rows), ""]
+    out = [*out, *_table(header, rows), ""]
+    if cell.get("scale"):
+        scales = [
+            f"{base} {_f(v, '{:.2f}')}x"
+            f" (by CPU {_f(cell['scale_cpu'].get(base), '{:.2f}')}x)"
+            for base, v in cell["scale"].items()
+        ]
+        out += [
+            "1000 backends ÷ 3, each balancer in the same run: "
+            + ", ".join(scales)
+            + ".",
+            "",
+        ]
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -496,13 +496,22 @@ class Bench:
             return
         # Probing 1000 backends every 2s would be measured too: both run with
         # a 60 s health interval, so the difference is the selection.
+        # HAProxy and nginx run the same pair as references: what 1000
+        # backends cost a balancer whatever its selection (each backend
+        # connection is reused 300 times less often).
         targets: dict[str, Target] = {}
-        for tag, backends in (("-3", small), ("-1000", small + many)):
-            _log(f"starting txlb{tag}")
-            t = self.start("txlb", backends, tag=tag, txlb_health_interval="60s")
-            if t is not None:
-                t.name = f"txlb{tag}"
-                targets[t.name] = t
+        for name in ("txlb", "haproxy", "nginx"):
+            if name not in s.peers:
+                continue
+            for tag, backends in (("-3", small), ("-1000", small + many)):
+                _log(f"starting {name}{tag}")
+                kw: dict[str, Any] = {"tag": tag}
+                if name == "txlb":
+                    kw["txlb_health_interval"] = "60s"
+                t = self.start(name, backends, **kw)
+                if t is not None:
+                    t.name = f"{name}{tag}"
+                    targets[t.name] = t
         try:
             self.cell(
                 "6-selection",
