@@ -397,6 +397,7 @@ class HTTPFrontend(Protocol):
         self._queue.clear()
         if active is not None and active.handler is not None:
             active.handler.client_lost()
+            active.handler = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._upgrade is not None:
@@ -568,6 +569,9 @@ class HTTPFrontend(Protocol):
         """The active request's response is all written."""
         if self._flow is not None:
             self.set_response_producer(None)
+        # The handler refers to the request: without this the pair would be
+        # garbage only the cycle collector can free (a pause under load).
+        request.handler = None
         if self._gone or request is not self._active:
             return
         self._active = None
@@ -612,6 +616,7 @@ class HTTPFrontend(Protocol):
             self._active = None
             if active.handler is not None:
                 active.handler.client_failed()
+                active.handler = None
             if active.started:
                 self.abort()
                 return
