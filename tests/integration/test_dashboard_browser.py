@@ -431,12 +431,15 @@ def test_dashboard_shows_the_queue(
         processes,
         tmp_path,
         backends,
-        extra="queue_size = 50\nqueue_timeout = 700ms",
+        extra="queue_size = 50\nqueue_timeout = 500ms",
         backend_extra="max_connections = 2\n",
     )
     OUTPUT.mkdir(exist_ok=True)
-    # 12 clients for 4 slots of 300 ms: about 8 wait, some longer than 700 ms.
-    with Load(balancer.port, threads=12, seconds=60):
+    # 16 clients for 4 slots of 300 ms: about 12 wait, and a client's turn
+    # comes after (16 / 4 - 1) x 300 = 900 ms, so waits run past 500 ms and
+    # time out for sure (with 12 clients and 700 ms a steady queue's 600 ms
+    # wait left timeouts to chance).
+    with Load(balancer.port, threads=16, seconds=60):
         b = browser(1440, 1000)
         page = b.page
         page.goto(balancer.url + "/dashboard/")
