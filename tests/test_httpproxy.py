@@ -324,6 +324,49 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(backend.transport.disconnected)
         self.assertEqual(h.active(), [0, 0])
 
+    def test_ambiguous_or_malformed_responses_502(self) -> None:
+        """
+        A backend's response that a second parser could read otherwise is
+        never passed on: 502, the backend connection dropped, the lease back.
+        """
+        bad = {
+            "status line": b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok",
+            "space before colon": b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+            "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+            "obs-fold": b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+            "CL and TE": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "two lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            b"Content-Length: 3\r\n\r\nok!",
+            "bad length": b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+            "NUL in a value": b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n"
+            b"Content-Length: 2\r\n\r\nok",
+        }
+        for name, response in bad.items():
+            h = Harness(backends=1)
+            client = h.client()
+            client.send(GET)
+            backend = h.accept()
+            backend.reply(response)
+            self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "), name)
+            self.assertNotIn(b"ok", client.received(), name)
+            self.assertTrue(backend.transport.disconnected, name)
+            self.assertEqual(h.active(), [0], name)
+
+    def test_bad_chunk_mid_body_aborts_client(self) -> None:
+        """A chunked body that turns invalid after the head was sent: abort."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+        )
+        backend.reply(b"zz\r\n")
+        self.assertTrue(client.transport.disconnected)
+        self.assertNotIn(b"0\r\n\r\n", client.received())
+        self.assertEqual(h.active(), [0])
+
     def test_backend_closes_mid_body_aborts_client(self) -> None:
         """A truncated body never looks complete: the client connection is aborted."""
         h = Harness()

@@ -223,3 +223,25 @@ def test_curl_upload_with_expect_is_not_held_up(
     elapsed = time.monotonic() - started
     assert json.loads(out)["length"] == 1 << 20
     assert elapsed < 0.9, elapsed
+
+
+def test_client_leaving_mid_upload_frees_the_lease_at_once(
+    demo_backend: Callable[..., Backend], balancer: Callable[..., Balancer]
+) -> None:
+    """
+    A client that sends part of a large body and leaves: the backend
+    connection is closed (the backend never sees a complete request) and
+    the lease is given back at once.
+    """
+    backend = demo_backend("b1")
+    lb = balancer([("b1", backend.port)])
+    sock = _connect(lb.port)
+    sock.sendall(
+        b"POST /_demo/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 104857600\r\n\r\n"
+    )
+    for _ in range(16):
+        sock.sendall(b"x" * 65536)
+    assert _wait_for(lambda: _active(lb) == 1)
+    sock.close()
+    assert _wait_for(lambda: _active(lb) == 0, seconds=2)
+    assert backend.stats()["completed"] == 0
