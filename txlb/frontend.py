@@ -64,17 +64,20 @@ _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 @attrs.frozen
 class Limits:
-    """What a client may send, and how slowly (see the module docstring)."""
+    """
+    What a client may send, and how slowly (see the module docstring); the
+    defaults are the configuration's (L{txlb.config.Config}).
+    """
 
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    body_min_rate: int = 1024
-    keepalive_timeout: float = 60.0
-    client_timeout: float = 60.0
-    max_clients: int = 10000
-    max_header_size: int = 32768
-    max_uri_length: int = 8192
-    max_body_size: int = 0
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    keepalive_timeout: float
+    client_timeout: float
+    max_clients: int
+    max_header_size: int
+    max_uri_length: int
+    max_body_size: int
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
