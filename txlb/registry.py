@@ -328,7 +328,8 @@ class Registry:
             return None
         if self._clock.seconds() < self.decisions.next_due:
             return self._chosen(backend, (), 0, exclude)
-        # A sampled decision lists the candidates: O(n), at most 50 a second.
+        # A sampled decision lists the candidates: O(n), but sampled so that at
+        # most CANDIDATE_RATE candidates a second are copied (txlb.decisions).
         candidates = [b for b in self._available if b not in exclude and not b.full]
         return self._chosen(backend, candidates, candidates.index(backend), exclude)
 
