@@ -144,7 +144,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(status(third.received()), 503)
         self.assertFalse(third.transport.connected)
         self.assertTrue(first.transport.connected and second.transport.connected)
-        self.assertEqual(h.site.refused, 1)
+        self.assertEqual(h.site.limit.refused, 1)
         first.transport.loseConnection()
         fourth = h.client()
         self.assertEqual(fourth.received(), b"")

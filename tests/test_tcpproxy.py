@@ -208,7 +208,7 @@ class MaxClientsTests(SynchronousTestCase):
         third = h.client()
         self.assertTrue(third.transport.disconnecting)
         self.assertEqual(len(h.connects()), 2)
-        self.assertEqual(h.proxy.refused, 1)
+        self.assertEqual(h.proxy.limit.refused, 1)
         first.transport.loseConnection()
         fourth = h.client()
         self.assertFalse(fourth.transport.disconnecting)

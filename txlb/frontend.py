@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txlb import fastio
+from txlb.admission import ClientLimit
 from txlb.config import Config
 
 __all__ = ["ClientRequest", "HTTPFrontend", "HTTPFrontendFactory", "Limits"]
@@ -752,7 +753,6 @@ class HTTPFrontendFactory(Factory):
     """
 
     noisy = False
-    log = Logger()
 
     def __init__(
         self,
@@ -764,20 +764,11 @@ class HTTPFrontendFactory(Factory):
         self.clock = clock
         self.handle = handle
         self.connections: set[HTTPFrontend] = set()
-        self.refused = 0
+        self.limit = ClientLimit(limits.max_clients, clock)
         self.rejected = 0
-        self._warned = -1.0
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        if len(self.connections) >= self.limits.max_clients:
-            self.refused += 1
-            now = self.clock.seconds()
-            if now - self._warned >= 1.0:
-                self._warned = now
-                self.log.warn(
-                    "{count} client connections (max_clients): refusing more",
-                    count=len(self.connections),
-                )
+        if not self.limit.admit(self.connections):
             return _Refuse()
         return HTTPFrontend(self)
 

@@ -213,7 +213,7 @@ def _client_counters(front: Any) -> Callable[[], dict[str, int]]:
     def counters() -> dict[str, int]:
         return {
             "connections": len(counted.connections),
-            "refused": counted.refused,
+            "refused": counted.limit.refused,
             "rejected": getattr(counted, "rejected", 0),
         }
 

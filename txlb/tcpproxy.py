@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txlb import proxyproto
+from txlb.admission import ClientLimit
 from txlb.config import Config
 from txlb.registry import Backend, Lease, Registry, Waiter
 from txlb.tunnel import Relay, Side
@@ -70,8 +71,7 @@ class TCPProxy:
         self.connect_timeout = config.connect_timeout
         self.idle_timeout = config.idle_timeout
         self.retries = config.retries
-        self.max_clients = config.max_clients
-        self.refused = 0
+        self.limit = ClientLimit(config.max_clients, clock)
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
         by_name = {b.name: b.proxy_protocol for b in config.backends}
@@ -87,23 +87,13 @@ class TCPProxyFactory(Factory):
     """
 
     noisy = False
-    log = Logger()
 
     def __init__(self, proxy: TCPProxy) -> None:
         self.proxy = proxy
-        self._warned = -1.0
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         proxy = self.proxy
-        if len(proxy.connections) >= proxy.max_clients:
-            proxy.refused += 1
-            now = proxy.clock.seconds()
-            if now - self._warned >= 1.0:
-                self._warned = now
-                self.log.warn(
-                    "{count} client connections (max_clients): refusing more",
-                    count=len(proxy.connections),
-                )
+        if not proxy.limit.admit(proxy.connections):
             return _Refuse()
         return _Client(self.proxy)
 
