@@ -15,10 +15,10 @@ from twisted.python.failure import Failure
 from twisted.web import pages
 
 from txlb.config import Config, parse
-from txlb.frontend import Limits
-from txlb.httpproxy import HTTPProxy, front_end
-from txlb.registry import Registry
-from txlb.upstream import BackendConnection
+from txlb.core.registry import Registry
+from txlb.http.frontend import Limits
+from txlb.http.proxy import HTTPProxy, front_end
+from txlb.http.upstream import BackendConnection
 
 
 def config(backends: int = 2, extra: str = "") -> Config:

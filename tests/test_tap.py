@@ -11,10 +11,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from txlb.frontend import HTTPFrontendFactory
-from txlb.httpproxy import Router
+from txlb.http.frontend import HTTPFrontendFactory
+from txlb.http.proxy import Router
 from txlb.tap import Options, makeService
-from txlb.tcpproxy import TCPProxyFactory
+from txlb.tcp.proxy import TCPProxyFactory
 
 INI = """
 [txlb]

@@ -20,24 +20,25 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
-from txlb import __version__, fastio
-from txlb.accesslog import AccessLog
+from txlb import __version__
 from txlb.config import Config, ConfigError, load
-from txlb.frontend import Limits
-from txlb.health import HealthChecker
-from txlb.httpproxy import HTTPProxy, front_end
-from txlb.lifecycle import Lifecycle, Reloader, ReloadOnSignal
-from txlb.probes import HTTPProbe, TCPProbe
-from txlb.registry import Registry
-from txlb.stats import Sampler
-from txlb.tcpproxy import TCPProxy, TCPProxyFactory
-from txlb.webapp import (
+from txlb.core.registry import Registry
+from txlb.health.checker import HealthChecker
+from txlb.health.probes import HTTPProbe, TCPProbe
+from txlb.http.frontend import Limits
+from txlb.http.proxy import HTTPProxy, front_end
+from txlb.lifecycle.shutdown import Lifecycle, Reloader, ReloadOnSignal
+from txlb.net import fastio
+from txlb.observe.accesslog import AccessLog
+from txlb.observe.stats import Sampler
+from txlb.observe.webapp import (
     AdminTokenError,
     StatsApp,
     WebAssets,
     find_web_root,
     read_admin_token,
 )
+from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
 
 __all__ = ["Options", "makeService"]
 

@@ -2,7 +2,7 @@
 The admin token in a real ``twistd -n txlb``: after admin requests with a
 wrong and the right token, and a proxied request carrying an Authorization
 header, neither token is in txlb's log, its access log, or any read-only
-view (issue 8, item 7).  L{tests.test_admin_secrets} checks the log events'
+view (issue 8, item 7).  L{tests.observe.test_admin_secrets} checks the log events'
 fields too.
 """
 

@@ -162,7 +162,11 @@ def write_nginx(prefix: Path, site_text: str) -> list[str]:
 def installed_web_root() -> Path:
     """The dashboard files of the installed txlb (not the source tree)."""
     out = subprocess.run(
-        [sys.executable, "-c", "import txlb.webapp as w; print(w.find_web_root())"],
+        [
+            sys.executable,
+            "-c",
+            "import txlb.observe.webapp as w; print(w.find_web_root())",
+        ],
         capture_output=True,
         text=True,
         cwd="/",
@@ -438,7 +442,7 @@ def test_dashboard_files_served_by_nginx(stack: Stack) -> None:
     its log) with the dashboard's security headers, and equal the installed
     files; txlb saw none of those requests.
     """
-    from txlb.webapp import CSP
+    from txlb.observe.webapp import CSP
 
     conn = http.client.HTTPSConnection(
         "localhost", stack.https_port, context=stack.context, timeout=10

@@ -1,0 +1,3 @@
+"""
+Active health checks: the checker loop and its probes.
+"""

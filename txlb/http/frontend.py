@@ -1,0 +1,804 @@
+"""
+The HTTP/1.1 front end: client connections parsed strictly by llhttp (the C
+parser behind httptools), their requests answered one at a time, in order.
+
+Strict parsing is the edge's defence against request smuggling.  llhttp
+rejects bare LF line endings, obs-fold, invalid header names and values,
+C{Content-Length} next to C{Transfer-Encoding}, a duplicate or invalid
+C{Content-Length}, a C{Transfer-Encoding} that does not end in C{chunked}
+and invalid chunk sizes.  This module adds what llhttp leaves to a server:
+HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, no
+C{Transfer-Encoding} on HTTP/1.0, the request-target forms (absolute-form
+is answered from our own backends, never fetched from the host it names;
+C{CONNECT} is refused), and the size limits (431, 414, 413).  A rejected
+request is answered and its connection closed; nothing of it reaches a
+backend.
+
+Deadlines stop slow clients from holding connections: the head must arrive
+within C{header_timeout} (from the connection's start, then from a request's
+first byte: a total, not an idle timer a byte at a time can reset); a body
+within C{body_timeout}, extended by a second per C{body_min_rate} bytes
+received; an idle keep-alive connection is closed after
+C{keepalive_timeout}; a client that reads none of its response for
+C{client_timeout} is disconnected (the backend is paused meanwhile, never
+buffered).
+
+Pipelining: llhttp parses all it is given, so a request that arrives while
+another is answered waits, with its body, in a queue; the connection stops
+reading until the queue is answered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import attrs
+import httptools
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txlb.config import Config
+from txlb.net import fastio
+from txlb.net.admission import ClientLimit
+
+__all__ = ["ClientRequest", "HTTPFrontend", "HTTPFrontendFactory", "Limits"]
+
+_REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+@attrs.frozen
+class Limits:
+    """
+    What a client may send, and how slowly (see the module docstring); the
+    defaults are the configuration's (L{txlb.config.Config}).
+    """
+
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    keepalive_timeout: float
+    client_timeout: float
+    max_clients: int
+    max_header_size: int
+    max_uri_length: int
+    max_body_size: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            body_min_rate=config.body_min_rate,
+            keepalive_timeout=config.keepalive_timeout,
+            client_timeout=config.client_timeout,
+            max_clients=config.max_clients,
+            max_header_size=config.max_header_size,
+            max_uri_length=config.max_uri_length,
+            max_body_size=config.max_body_size,
+        )
+
+
+class _Reject(Exception):
+    """A request to answer with C{status} and close the connection."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+class ClientRequest:
+    """
+    One request on a client connection and its response: what a handler
+    (a proxy exchange or the stats app) reads and writes.
+    """
+
+    __slots__ = (
+        "_bodiless",
+        "_chunked",
+        "_close",
+        "_head",
+        "_started",
+        "body",
+        "body_length",
+        "body_received",
+        "channel",
+        "complete",
+        "connection",
+        "expect_continue",
+        "handler",
+        "head_bytes",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "upgrade",
+        "uri",
+        "version",
+    )
+
+    def __init__(self, channel: HTTPFrontend) -> None:
+        self.channel = channel
+        self.method = b""
+        self.uri = b""
+        self.version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = b""
+        self.keep_alive = True
+        self.body_length: int | None = 0
+        # The Connection and Upgrade headers' values, as sent.
+        self.connection: list[bytes] = []
+        self.upgrade = b""
+        # Expect: 100-continue, answered here when the body is wanted.
+        self.expect_continue = False
+        self.body_received = 0
+        self.head_bytes = 0
+        # Body pieces that arrived before a handler took the request.
+        self.body: list[bytes] = []
+        self.complete = False
+        self.handler: Any = None
+        self._head = b""
+        self._started = False
+        self._chunked = False
+        self._bodiless = False
+        self._close = False
+
+    # --- what the client sent -----------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        """The client's address (the connection's peer)."""
+        return self.channel.peer
+
+    @property
+    def local_host(self) -> str:
+        """The address the client connected to."""
+        return self.channel.local_host
+
+    @property
+    def secure(self) -> bool:
+        return self.channel.secure
+
+    def value(self, lower_name: bytes) -> bytes | None:
+        """The first value of a header, by its lower-cased name."""
+        for name, value in self.headers:
+            if name.lower() == lower_name:
+                return value
+        return None
+
+    def values(self, lower_name: bytes) -> list[bytes]:
+        """Every value of a header, by its lower-cased name."""
+        return [v for n, v in self.headers if n.lower() == lower_name]
+
+    # --- flow of the request body -------------------------------------------------
+
+    def pause_body(self) -> None:
+        """Stop reading the client (its body waits for a backend)."""
+        self.channel.pause("body")
+
+    def resume_body(self) -> None:
+        self.channel.resume("body")
+
+    def upload_producer(self) -> IPushProducer:
+        """The client as the producer of a backend connection's writes."""
+        return _Pauser(self.channel, "upload")
+
+    # --- the response -------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether the response has begun (its head may still be held)."""
+        return self._started
+
+    def respond(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        length_known: bool,
+    ) -> None:
+        """
+        Begin the response.  The head is held until the first body bytes
+        (or the end), so a small response leaves in one write.
+
+        @param headers: end-to-end headers; framing and C{Connection} are
+            added here.
+        @param length_known: whether C{headers} holds a C{Content-Length}.
+        """
+        self._started = True
+        channel = self.channel
+        close = not self.keep_alive or channel.closing
+        bodiless = self.method == b"HEAD" or status < 200 or status in (204, 304)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        if not bodiless and not length_known:
+            if self.version == b"HTTP/1.1":
+                self._chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                close = True  # the end of the body is the end of the connection
+        if close:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif self.version == b"HTTP/1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self._close = close
+        self._bodiless = bodiless
+        self._head = b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if self._bodiless or not data:
+            return
+        if self._chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        head = self._head
+        if head:
+            self._head = b""
+            data = head + data
+        self.channel.send(data)
+
+    def finish(self) -> None:
+        """The response is complete."""
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        head, self._head = self._head, b""
+        if head or tail:
+            self.channel.send(head + tail)
+        self.channel.response_done(self, self._close)
+
+    def abort(self) -> None:
+        """Drop the connection: the response cannot be completed."""
+        self.channel.abort()
+
+    def send_response_producer(self, producer: IPushProducer | None) -> None:
+        """
+        Make C{producer} (the backend connection) pause while the client
+        does not read, or stop that with L{None}.
+        """
+        self.channel.set_response_producer(producer)
+
+    def take_over(self) -> tuple[Any, bytes]:
+        """
+        Hand the connection to a tunnel (a protocol switch): no more
+        parsing or timeouts here.
+
+        @return: the transport and the client's bytes already read past
+            the request head.
+        """
+        return self.channel.take_over()
+
+
+@implementer(IPushProducer)
+class _Pauser:
+    """One reason for the client connection to stop reading, as a producer."""
+
+    __slots__ = ("channel", "reason")
+
+    def __init__(self, channel: HTTPFrontend, reason: str) -> None:
+        self.channel = channel
+        self.reason = reason
+
+    def pauseProducing(self) -> None:
+        self.channel.pause(self.reason)
+
+    def resumeProducing(self) -> None:
+        self.channel.resume(self.reason)
+
+    def stopProducing(self) -> None:
+        self.channel.resume(self.reason)
+
+
+@implementer(IPushProducer)
+class _ResponseFlow:
+    """
+    Registered with the client's transport while a response streams: passes
+    its back-pressure to the backend connection and disconnects a client
+    that reads nothing for C{client_timeout}.
+    """
+
+    __slots__ = ("channel", "producer", "timer")
+
+    def __init__(self, channel: HTTPFrontend, producer: IPushProducer) -> None:
+        self.channel = channel
+        self.producer = producer
+        self.timer: Any = None
+
+    def pauseProducing(self) -> None:
+        self.producer.pauseProducing()
+        if self.timer is None:
+            channel = self.channel
+            self.timer = channel.clock.callLater(
+                channel.limits.client_timeout, self._stalled
+            )
+
+    def resumeProducing(self) -> None:
+        self.cancel()
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _stalled(self) -> None:
+        self.timer = None
+        self.channel.log.info(
+            "client {peer} read nothing for {seconds:g}s: disconnected",
+            peer=self.channel.peer,
+            seconds=self.channel.limits.client_timeout,
+        )
+        self.channel.abort()
+
+
+class HTTPFrontend(Protocol):
+    """One client connection (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(self, factory: HTTPFrontendFactory) -> None:
+        self.factory = factory
+        self.limits = factory.limits
+        self.clock = factory.clock
+        self.peer = ""
+        self.local_host = ""
+        self.secure = False
+        self.closing = False
+        self._parser = httptools.HttpRequestParser(self)
+        # The request being parsed, the one being answered, those waiting.
+        self._incoming: ClientRequest | None = None
+        self._active: ClientRequest | None = None
+        self._queue: deque[ClientRequest] = deque()
+        # Answered (then the connection closes) once the queue is done.
+        self._failure: _Reject | None = None
+        self._reject: _Reject | None = None
+        self._paused: set[str] = set()
+        self._timer: Any = None
+        self._phase = ""
+        self._deadline = 0.0
+        self._flow: _ResponseFlow | None = None
+        self._upgrade: bytes | None = None
+        self._gone = False
+
+    # --- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.peer = str(getattr(transport.getPeer(), "host", ""))
+        self.local_host = str(getattr(transport.getHost(), "host", ""))
+        self.secure = _is_secure(transport)
+        self.factory.connections.add(self)
+        self._arm("head", self.limits.header_timeout)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
+        self.factory.connections.discard(self)
+        self._stop_timer()
+        if self._flow is not None:
+            self._flow.cancel()
+            self._flow = None
+        active, self._active = self._active, None
+        self._queue.clear()
+        if active is not None and active.handler is not None:
+            active.handler.client_lost()
+            active.handler = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._upgrade is not None:
+            # Past an Upgrade request's head: the new protocol's bytes.
+            self._upgrade += data
+            return
+        if self._failure is not None:
+            return
+        if self._incoming is None and self._phase != "head":
+            self._arm("head", self.limits.header_timeout)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade = data[e.args[0] :]
+            self.pause("upgrade")
+        except httptools.HttpParserCallbackError as e:
+            reject = self._reject or _Reject(400, f"{e.__context__ or e}")
+            self._fail(reject)
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(_method_error(data))
+        except httptools.HttpParserError as e:
+            self._fail(_Reject(400, str(e)))
+
+    # --- llhttp's callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._incoming = ClientRequest(self)
+        if self._phase != "head":
+            # A pipelined request, begun in the same read as the last one.
+            self._arm("head", self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        request = self._incoming
+        assert request is not None
+        request.uri += url
+        if len(request.uri) > self.limits.max_uri_length:
+            self._refuse(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._incoming
+        assert request is not None
+        request.head_bytes += len(name) + len(value) + 4
+        if request.head_bytes > self.limits.max_header_size:
+            self._refuse(431, "request head too large")
+        request.headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        request = self._incoming
+        assert request is not None
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            if parser.get_http_version() < "1.0":
+                self._refuse(400, "HTTP/0.9 is not served")
+            self._refuse(505, f"HTTP/{parser.get_http_version()} is not served")
+        request.version = version
+        request.method = parser.get_method() or b""
+        request.keep_alive = parser.should_keep_alive()
+        if request.method == b"CONNECT":
+            self._refuse(405, "CONNECT is not served: txlb is no forward proxy")
+        hosts = 0
+        length: int | None = 0
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                request.host = value
+            elif lower == b"content-length":
+                length = int(value)  # llhttp checked: digits, one header
+            elif lower == b"transfer-encoding":
+                if version == b"HTTP/1.0":
+                    self._refuse(400, "Transfer-Encoding on an HTTP/1.0 request")
+                length = None  # llhttp checked: chunked, last
+            elif lower == b"connection":
+                request.connection.append(value)
+            elif lower == b"upgrade" and not request.upgrade:
+                request.upgrade = value
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                request.expect_continue = True
+        if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
+            self._refuse(400, f"{hosts} Host headers (one is required)")
+        request.body_length = length
+        limit = self.limits.max_body_size
+        if limit and length is not None and length > limit:
+            self._refuse(413, f"body of {length} bytes over max_body_size")
+        self._target(request)
+        if length == 0:
+            self._disarm()
+        else:
+            self._arm("body", self.limits.body_timeout)
+        if self._active is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.pause("pipeline")
+
+    def on_body(self, data: bytes) -> None:
+        request = self._incoming
+        assert request is not None
+        request.body_received += len(data)
+        limit = self.limits.max_body_size
+        if limit and request.body_received > limit:
+            self._refuse(413, "body over max_body_size")
+        rate = self.limits.body_min_rate
+        if rate:
+            self._deadline += len(data) / rate
+        handler = request.handler
+        if handler is not None and request is self._active:
+            handler.client_body(data)
+        else:
+            request.body.append(data)
+
+    def on_message_complete(self) -> None:
+        request = self._incoming
+        assert request is not None
+        self._incoming = None
+        request.complete = True
+        self._disarm()
+        if request is self._active and request.handler is not None:
+            request.handler.client_body_done()
+
+    # --- requests -----------------------------------------------------------------
+
+    def _target(self, request: ClientRequest) -> None:
+        """Check the request-target's form; absolute-form becomes origin-form."""
+        uri = request.uri
+        if uri.startswith(b"/"):
+            return
+        if uri == b"*" and request.method == b"OPTIONS":
+            return
+        scheme, sep, rest = uri.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https"):
+            # RFC 9112 3.2.2: the target's authority replaces Host.  The
+            # request still goes to our backends, never to that host.
+            authority, slash, path = rest.partition(b"/")
+            authority = authority.rpartition(b"@")[2]
+            if authority:
+                request.uri = b"/" + path if slash else b"/"
+                if b"?" in authority:
+                    authority, _, query = authority.partition(b"?")
+                    request.uri = b"/?" + query
+                request.host = authority
+                request.headers = [
+                    (n, v) for n, v in request.headers if n.lower() != b"host"
+                ]
+                request.headers.insert(0, (b"Host", authority))
+                return
+        self._refuse(400, "invalid request target")
+
+    def _refuse(self, status: int, why: str) -> NoReturn:
+        """Reject the request being parsed (raised through llhttp)."""
+        self._reject = _Reject(status, why)
+        raise self._reject
+
+    def _start(self, request: ClientRequest) -> None:
+        self._active = request
+        if request.expect_continue:
+            # The client waits for this before sending its body (nginx and
+            # twisted.web answer it themselves too); the backend is not
+            # asked, so it does not send one of its own.
+            request.headers = [
+                (n, v) for n, v in request.headers if n.lower() != b"expect"
+            ]
+            if not request.complete and request.version == b"HTTP/1.1":
+                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.factory.handle(request)
+
+    def response_done(self, request: ClientRequest, close: bool) -> None:
+        """The active request's response is all written."""
+        if self._flow is not None:
+            self.set_response_producer(None)
+        # The handler refers to the request: without this the pair would be
+        # garbage only the cycle collector can free (a pause under load).
+        request.handler = None
+        if self._gone or request is not self._active:
+            return
+        self._active = None
+        if close or self.closing:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self._upgrade is not None:
+            # An upgrade the backend declined: llhttp cannot go on parsing.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self._queue:
+            # On the next turn: the backend connection that just answered
+            # goes back to its pool first, and may take the next request.
+            self.clock.callLater(0, self._next)
+            return
+        self.resume("pipeline")
+        if self._failure is not None:
+            self._answer_failure(self._failure)
+        elif self._incoming is None:
+            self._arm("idle", self.limits.keepalive_timeout)
+
+    def _next(self) -> None:
+        if self._gone or self._active is not None or not self._queue:
+            return
+        self._start(self._queue.popleft())
+        if not self._queue:
+            self.resume("pipeline")
+
+    def _fail(self, reject: _Reject) -> None:
+        """
+        A request was invalid: answer it once those before it are answered,
+        then close.  An active request whose body broke is abandoned.
+        """
+        self._reject = None
+        self._disarm()
+        self.pause("failed")
+        incoming, self._incoming = self._incoming, None
+        active = self._active
+        if active is not None and incoming is active:
+            # The request being answered sent a bad body: it cannot be
+            # completed, so neither can its response.
+            self._active = None
+            if active.handler is not None:
+                active.handler.client_failed()
+                active.handler = None
+            if active.started:
+                self.abort()
+                return
+            active = None
+        self.log.info(
+            "client {peer}: {status} {why}",
+            peer=self.peer,
+            status=reject.status,
+            why=reject.why,
+        )
+        self._failure = reject
+        if active is None and not self._queue:
+            self._answer_failure(reject)
+
+    def _answer_failure(self, reject: _Reject) -> None:
+        self.factory.rejected += 1
+        body = reject.why.encode("ascii", "replace") + b"\n"
+        self.send(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (reject.status, _REASONS.get(reject.status, b""), len(body), body)
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # --- for the handlers ---------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        fastio.write(self.transport, data)
+
+    def abort(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        paused = self._paused
+        if reason in paused:
+            paused.discard(reason)
+            if not paused and not self._gone:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def set_response_producer(self, producer: IPushProducer | None) -> None:
+        transport: Any = self.transport
+        flow = self._flow
+        if flow is not None:
+            flow.cancel()
+            self._flow = None
+            if transport.producer is flow:
+                transport.unregisterProducer()
+        if producer is not None:
+            self._flow = _ResponseFlow(self, producer)
+            transport.registerProducer(self._flow, True)
+
+    def take_over(self) -> tuple[Any, bytes]:
+        self._stop_timer()
+        self._active = None
+        early, self._upgrade = self._upgrade or b"", None
+        self._gone = True
+        self.factory.connections.discard(self)
+        transport: Any = self.transport
+        if self._flow is not None:
+            self.set_response_producer(None)
+        if self._paused:
+            self._paused.clear()
+            transport.resumeProducing()
+        return transport, early
+
+    def settle(self) -> bool:
+        """
+        Prepare for a shutdown: close after the response in progress.
+
+        @return: whether the connection can be closed now (idle, or busy
+            only with the stats app, whose event stream may never end).
+        """
+        self.closing = True
+        active = self._active
+        busy = active is not None and not getattr(active.handler, "stats", False)
+        return not busy and not self._queue and self._incoming is None
+
+    # --- deadlines ----------------------------------------------------------------
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        """
+        Start a deadline.  One timer serves them all and is moved only when
+        a deadline comes sooner; a later one is checked when it fires.
+        """
+        self._phase = phase
+        deadline = self.clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(seconds, self._expired)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
+
+    def _disarm(self) -> None:
+        self._phase = ""
+
+    def _stop_timer(self) -> None:
+        self._phase = ""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expired(self) -> None:
+        self._timer = None
+        phase = self._phase
+        if not phase:
+            return
+        left = self._deadline - self.clock.seconds()
+        if left > 0:
+            self._timer = self.clock.callLater(left, self._expired)
+            return
+        self._phase = ""
+        if phase == "idle":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif phase == "head":
+            self._fail(_Reject(408, "request head not received in time"))
+        else:
+            self._fail(_Reject(408, "request body not received in time"))
+
+
+class HTTPFrontendFactory(Factory):
+    """
+    Builds the front end's connections, refusing those over C{max_clients}
+    with a 503, and hands each request to C{handle}.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        limits: Limits,
+        clock: IReactorTime,
+        handle: Callable[[ClientRequest], None],
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.handle = handle
+        self.connections: set[HTTPFrontend] = set()
+        self.limit = ClientLimit(limits.max_clients, clock)
+        self.rejected = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if not self.limit.admit(self.connections):
+            return _Refuse()
+        return HTTPFrontend(self)
+
+
+class _Refuse(Protocol):
+    """Answers 503 and closes: the connection is over C{max_clients}."""
+
+    def connectionMade(self) -> None:
+        body = b"too many connections\n"
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+
+
+def _method_error(data: bytes) -> _Reject:
+    """
+    llhttp knows a fixed list of methods: one it does not know is a 501
+    (RFC 9110 15.6.2) when it is at least a token followed by a space, and
+    a malformed request line (400) otherwise.
+    """
+    if _TOKEN.match(data.lstrip(b"\r\n")):
+        return _Reject(501, "method not implemented")
+    return _Reject(400, "invalid request line")
+
+
+def _is_secure(transport: Any) -> bool:
+    return ISSLTransport.providedBy(transport) is True

@@ -1,0 +1,3 @@
+"""
+The balancer's life: graceful shutdown (SIGTERM) and reload (SIGHUP).
+"""

@@ -1,0 +1,4 @@
+"""
+Socket-level pieces both proxy modes share: the byte relay, fast writes,
+connect attempts and the client connection limit.
+"""

@@ -1,0 +1,213 @@
+"""
+Prometheus metrics for C{/metrics}, through C{prometheus_client}.
+
+Per-request metrics (a counter by backend and status class, a latency
+histogram by backend) are updated by L{Metrics.observe}, whose label
+children are made once at start so a request costs two increments.  The
+registry's own numbers (active connections, health state, weight, picks,
+failures, max_connections, the queue) are read when Prometheus scrapes, by
+a custom collector, so they are never stale and cost nothing in between.
+
+Each L{Metrics} has its own C{CollectorRegistry}: nothing goes in
+C{prometheus_client}'s global one, so tests and several instances never
+collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from txlb import __version__
+from txlb.core.registry import Backend, Registry
+
+__all__ = ["LATENCY_BUCKETS", "STATES", "STATUS_CLASSES", "Metrics"]
+
+STATES = ("healthy", "unhealthy", "draining", "ejected", "starting", "unknown")
+"""Every state C{txlb_backend_state} reports, one series each."""
+
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+"""Indexed by C{status // 100} (0 and anything above 5 are C{"other"})."""
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Upper bounds, in seconds, of the latency histogram's buckets."""
+
+
+class _RegistryCollector(Collector):
+    """Reads the registry at scrape time."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        backends = self._registry.backends
+        info = GaugeMetricFamily(
+            "txlb_build_info", "txlb's version (always 1).", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+
+        active = GaugeMetricFamily(
+            "txlb_backend_active_connections",
+            "Requests in flight to the backend.",
+            labels=["backend"],
+        )
+        up = GaugeMetricFamily(
+            "txlb_backend_up",
+            "1 if the backend passes its health checks, else 0.",
+            labels=["backend"],
+        )
+        state = GaugeMetricFamily(
+            "txlb_backend_state",
+            "1 for the backend's current state, 0 for the others.",
+            labels=["backend", "state"],
+        )
+        weight = GaugeMetricFamily(
+            "txlb_backend_weight", "The backend's balancing weight.", labels=["backend"]
+        )
+        picks = CounterMetricFamily(
+            "txlb_backend_selections",
+            "Times the balancer chose the backend for a request.",
+            labels=["backend"],
+        )
+        failures = CounterMetricFamily(
+            "txlb_backend_failures",
+            "Requests the backend failed (unreachable, 5xx, reset, timeout).",
+            labels=["backend"],
+        )
+        limit = GaugeMetricFamily(
+            "txlb_backend_max_connections",
+            "Requests or connections the backend takes at once (0: unlimited).",
+            labels=["backend"],
+        )
+        for b in backends:
+            name = [b.name]
+            active.add_metric(name, b.active)
+            up.add_metric(name, 1 if b.healthy else 0)
+            current = b.state
+            for s in STATES:
+                state.add_metric([b.name, s], 1 if s == current else 0)
+            weight.add_metric(name, b.weight)
+            picks.add_metric(name, b.total_requests)
+            failures.add_metric(name, b.failures)
+            limit.add_metric(name, b.max_connections)
+        yield from (active, up, state, weight, picks, failures, limit)
+
+        registry = self._registry
+        yield GaugeMetricFamily(
+            "txlb_queue_length",
+            "Requests waiting for a backend below its max_connections.",
+            value=registry.queued,
+        )
+        yield GaugeMetricFamily(
+            "txlb_queue_size",
+            "The most requests that may wait.",
+            value=registry.queue_size,
+        )
+        yield CounterMetricFamily(
+            "txlb_queued",
+            "Requests that waited in the queue.",
+            value=registry.queued_total,
+        )
+        yield CounterMetricFamily(
+            "txlb_queue_timeouts",
+            "Requests answered 503 after queue_timeout in the queue.",
+            value=registry.queue_timeouts,
+        )
+        yield CounterMetricFamily(
+            "txlb_queue_rejections",
+            "Requests answered 503 at once because the queue was full.",
+            value=registry.queue_full_rejections,
+        )
+
+
+class Metrics:
+    """
+    The Prometheus view of one registry.
+
+    @ivar prometheus: the C{CollectorRegistry} holding every txlb metric.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.prometheus = CollectorRegistry(auto_describe=True)
+        requests = Counter(
+            "txlb_http_requests",
+            "HTTP requests proxied, by backend and response status class.",
+            ["backend", "status_class"],
+            registry=self.prometheus,
+        )
+        duration = Histogram(
+            "txlb_http_request_duration_seconds",
+            "Time from sending a request to a backend until its response ended.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.prometheus,
+        )
+        self._requests = requests
+        self._duration = duration
+        self._children: dict[Backend, tuple[list[Counter], Histogram]] = {}
+        for b in registry.backends:
+            self.track(b)
+        self.prometheus.register(_RegistryCollector(registry))
+
+    def track(self, backend: Backend) -> None:
+        """Create the series of a backend (at start-up, or added by a reload)."""
+        name = backend.name
+        self._children[backend] = (
+            [self._requests.labels(name, c) for c in STATUS_CLASSES],
+            self._duration.labels(name),
+        )
+
+    def forget(self, backend: Backend) -> None:
+        """Drop the series of a backend removed by a reload."""
+        if self._children.pop(backend, None) is None:
+            return
+        for c in STATUS_CLASSES:
+            self._requests.remove(backend.name, c)
+        self._duration.remove(backend.name)
+
+    def observe(self, backend: Backend, status: int, seconds: float) -> None:
+        """
+        Count one finished request (the signature of C{HTTPProxy}'s
+        C{observe}).
+        """
+        children = self._children.get(backend)
+        if children is None:
+            return
+        counters, histogram = children
+        index = status // 100
+        counters[index if 0 < index < 6 else 0].inc()
+        histogram.observe(seconds)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """
+        The metrics in the format the C{Accept} header asks for (Prometheus
+        text by default, OpenMetrics on request).
+
+        @return: the body and its content type.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.prometheus), content_type

@@ -1,0 +1,4 @@
+"""
+TCP mode: each client connection relayed to a backend, with optional
+PROXY protocol headers.
+"""
