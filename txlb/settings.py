@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from txlb import schema
+from txlb.core.policies import POLICIES
 from txlb.schema import DURATION, POSITIVE_DURATION, Network, key, one_of
 
 __all__ = [
@@ -20,7 +21,7 @@ __all__ = [
     "ProxyConfig",
 ]
 
-ALGORITHMS = ("least_conn", "round_robin", "least_time")
+ALGORITHMS = tuple(POLICIES)
 LOG_FORMATS = ("combined", "json")
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Collection
+from typing import Any, ClassVar, Protocol
 
 import prometheus_client
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -28,9 +29,10 @@ from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
 from txlb.http.routing import front_end
 from txlb.lifecycle.reload import Reloader
-from txlb.lifecycle.shutdown import Lifecycle
+from txlb.lifecycle.shutdown import Drainable, Lifecycle
 from txlb.lifecycle.signals import ReloadOnSignal
 from txlb.net import fastio
+from txlb.net.admission import ClientLimit
 from txlb.observe.accesslog import AccessLog
 from txlb.observe.admin import AdminTokenError, read_admin_token
 from txlb.observe.assets import WebAssets, find_web_root
@@ -109,6 +111,19 @@ def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
     return listen, stats
 
 
+class ClientSide(Protocol):
+    """What each mode's client side shows the drain and the stats."""
+
+    @property
+    def connections(self) -> Collection[Drainable]: ...
+
+    @property
+    def limit(self) -> ClientLimit: ...
+
+    @property
+    def rejected(self) -> int: ...
+
+
 class _ProxyCloser(Service):
     """Closes the backend pools when the service stops."""
 
@@ -155,24 +170,29 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     Sampler(app.stats, reactor).setServiceParent(top)
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
-    front: Any
+    front: Factory
+    clients: ClientSide
     if config.mode == "tcp":
         # Raw TCP on every listen endpoint; the stats app is only on
         # stats_listen, which the config requires in this mode.
-        front = TCPProxyFactory(
-            TCPProxy.from_config(config, registry, reactor, reactor, app.observe)
-        )
-        top.watch(front.proxy.connections)
+        tcp = TCPProxy.from_config(config, registry, reactor, reactor, app.observe)
+        front = TCPProxyFactory(tcp)
+        clients = tcp
     else:
         proxy = HTTPProxy.from_config(
             config, registry, reactor, reactor, access_log, app.observe
         )
         _ProxyCloser(proxy).setServiceParent(top)
-        front = front_end(
+        http = front_end(
             proxy, stats, config.client, reactor, reserve=stats_endpoint is None
         )
-        top.watch(front.connections)
-    app.stats.clients = _client_counters(front)
+        front = clients = http
+    top.watch(clients.connections)
+    app.stats.clients = lambda: {
+        "connections": len(clients.connections),
+        "refused": clients.limit.refused,
+        "rejected": clients.rejected,
+    }
     for endpoint in listen:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
@@ -189,20 +209,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     reloader = Reloader(config, registry)
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
-
-
-def _client_counters(front: Any) -> Callable[[], dict[str, int]]:
-    """The front end's counters, for C{/api/server-stats} under C{clients}."""
-    counted = front.proxy if isinstance(front, TCPProxyFactory) else front
-
-    def counters() -> dict[str, int]:
-        return {
-            "connections": len(counted.connections),
-            "refused": counted.limit.refused,
-            "rejected": getattr(counted, "rejected", 0),
-        }
-
-    return counters
 
 
 def tune_gc() -> None:

@@ -22,9 +22,6 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
-from txlb.config import BalancingConfig
-from txlb.core.backend import Backend
-
 __all__ = [
     "LATENCY_FLOOR",
     "POLICIES",
@@ -66,6 +63,14 @@ class Candidate(Protocol):
     def latency(self) -> float: ...
 
 
+class Measured(Candidate, Protocol):
+    """A backend whose latency a latency-aware policy keeps (C{needs_latency})."""
+
+    latency: float
+    latency_ewma: float
+    latency_stamp: float
+
+
 class Policy(Protocol):
     """
     One balancing algorithm.
@@ -99,10 +104,10 @@ class Policy(Protocol):
         @param total: how many candidates there were.
         """
 
-    def estimate(self, candidates: Sequence[Backend], now: float) -> None:
+    def estimate(self, candidates: Sequence[Measured], now: float) -> None:
         """Bring the candidates' C{latency} up to date (C{needs_latency} only)."""
 
-    def observe(self, backend: Backend, seconds: float, now: float) -> None:
+    def observe(self, backend: Measured, seconds: float, now: float) -> None:
         """
         Learn from one answer of C{backend}: C{seconds} is its latency shared
         by the requests in flight on it when it was sent (C{needs_latency}
@@ -113,10 +118,10 @@ class Policy(Protocol):
 class _LoadOnly:
     """What a policy that ignores latency does with one: nothing."""
 
-    def estimate(self, candidates: Sequence[Backend], now: float) -> None:
+    def estimate(self, candidates: Sequence[Measured], now: float) -> None:
         pass
 
-    def observe(self, backend: Backend, seconds: float, now: float) -> None:
+    def observe(self, backend: Measured, seconds: float, now: float) -> None:
         pass
 
 
@@ -247,7 +252,7 @@ class LeastTime:
             why += f", tied with {tied - 1} more; it had been served least recently"
         return why
 
-    def estimate(self, candidates: Sequence[Backend], now: float) -> None:
+    def estimate(self, candidates: Sequence[Measured], now: float) -> None:
         """
         Set each candidate's C{latency}: its average, faded by the time since
         its last sample, so that a backend that was slow once and then got no
@@ -258,7 +263,7 @@ class LeastTime:
         for b in candidates:
             b.latency = b.latency_ewma * math.exp(-(now - b.latency_stamp) / tau)
 
-    def observe(self, backend: Backend, seconds: float, now: float) -> None:
+    def observe(self, backend: Measured, seconds: float, now: float) -> None:
         """
         Take one sample: a request's latency divided by the requests in
         flight on its backend when it was sent.  By Little's law that is the
@@ -283,8 +288,8 @@ POLICIES: dict[str, type[Policy]] = {
 """Every policy by its name in lb.ini."""
 
 
-def policy_for(config: BalancingConfig) -> Policy:
+def policy_for(algorithm: str, ewma_decay: float) -> Policy:
     """The policy C{[txlb] algorithm} names, with its settings."""
-    if config.algorithm == "least_time":
-        return LeastTime(config.ewma_decay)
-    return POLICIES[config.algorithm]()
+    if algorithm == "least_time":
+        return LeastTime(ewma_decay)
+    return POLICIES[algorithm]()

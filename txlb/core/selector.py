@@ -44,7 +44,7 @@ class Selector:
     def __init__(self, balancing: BalancingConfig, clock: IReactorTime) -> None:
         self._clock = clock
         self.algorithm = balancing.algorithm
-        self.policy: Policy = policy_for(balancing)
+        self.policy: Policy = policy_for(balancing.algorithm, balancing.ewma_decay)
         cost = self.policy.cost
         self.index: LoadIndex[Backend] | None = (
             LoadIndex(lambda b: (cost(b), b.vtime, b.order), _has_room)

@@ -70,6 +70,7 @@ class TCPProxy:
         self.idle_timeout = settings.idle_timeout
         self.retries = settings.retries
         self.limit = ClientLimit(limits.max_clients, clock)
+        self.rejected = 0  # nothing is parsed in TCP mode, so nothing rejected
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
 
