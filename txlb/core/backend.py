@@ -40,8 +40,13 @@ class Backend:
     @ivar weight: the weight in use (below C{configured_weight} while it
         starts slowly).
     @ivar configured_weight: the spec's weight, or the admin's.
-    @ivar others: requests in flight on it elsewhere (other workers, other
-        balancers of a fleet), which the policies count with C{active}.
+    @ivar others: requests in flight on it elsewhere, which the policies
+        and C{max_connections} count with C{active}: always C{siblings +
+        peers} (whoever changes one of those sets C{others} too).
+    @ivar siblings: requests in flight on it from this balancer's other
+        worker processes (L{txlb.workers}).
+    @ivar peers: requests in flight on it from the other balancers of a
+        fleet (L{txlb.fleet}).
     @ivar order: its place in the registry, for exact ties.
     @ivar leaving: its source dropped it: draining, then removed.
 
@@ -61,6 +66,8 @@ class Backend:
     probed: bool = attrs.field(init=False)
     active: int = 0
     others: int = 0
+    siblings: int = 0
+    peers: int = 0
     total_requests: int = 0
     failures: int = 0
     vtime: float = 0.0
