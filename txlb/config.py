@@ -10,8 +10,9 @@ reads it (L{txlb.schema.key}: default, converter, what is allowed): the
 front end's L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
 L{BalancingConfig}, the stats' L{ObserveConfig} (all in ``[txlb]``, declared
 in L{txlb.settings}), L{HealthConfig} (``[health]``), L{OutlierConfig}
-(``[outlier]``) and L{BackendConfig} (``[backend:NAME]``).  Each part is
-given its own value.
+(``[outlier]``), L{FleetConfig} (``[fleet]``, declared in
+L{txlb.fleet.settings}) and L{BackendConfig} (``[backend:NAME]``).  Each
+part is given its own value.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import attrs
 
 from txlb import schema
+from txlb.fleet.settings import FleetConfig
 from txlb.schema import (
     DURATION,
     POSITIVE_DURATION,
@@ -52,6 +54,7 @@ __all__ = [
     "ClientConfig",
     "Config",
     "ConfigError",
+    "FleetConfig",
     "HealthConfig",
     "Network",
     "ObserveConfig",
@@ -177,12 +180,19 @@ class Config:
         "", schema.text, "empty or a Twisted endpoint such as tcp:9000"
     )
     shutdown_timeout: float = key(30.0, schema.parse_duration, DURATION)
+    shutdown_grace: float = key(
+        0.0,
+        schema.parse_duration,
+        "0 (off) or " + DURATION + "; on SIGTERM /healthz says 503 at once and the"
+        " ports stay open this long before the drain",
+    )
     client: ClientConfig = ClientConfig()
     proxy: ProxyConfig = ProxyConfig()
     balancing: BalancingConfig = BalancingConfig()
     observe: ObserveConfig = ObserveConfig()
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
+    fleet: FleetConfig = FleetConfig()
 
 
 # The [txlb] section: Config's own keys and those of its groups.
@@ -206,6 +216,7 @@ _TXLB_KEYS = txlb_keys()
 _TXLB_SPECS = {name: spec for name, (_, spec) in _TXLB_KEYS.items()}
 _HEALTH_KEYS = keys_of(HealthConfig)
 _OUTLIER_KEYS = keys_of(OutlierConfig)
+_FLEET_KEYS = keys_of(FleetConfig)
 _BACKEND_KEYS: dict[str, KeySpec] = {
     **keys_of(BackendConfig),
     **{
@@ -249,6 +260,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     top: dict[str, Any] = {}
     health: dict[str, Any] = {}
     outlier: dict[str, Any] = {}
+    fleet: dict[str, Any] | None = None
     backend_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
         items = dict(parser.items(name))
@@ -260,12 +272,15 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             health = _read(filename, name, items, _HEALTH_KEYS)
         elif name == "outlier":
             outlier = _read(filename, name, items, _OUTLIER_KEYS)
+        elif name == "fleet":
+            fleet = _read(filename, name, items, _FLEET_KEYS)
         elif name.startswith(_BACKEND_PREFIX):
             backend_sections.append((name, items))
         else:
             raise ConfigError(
                 filename,
-                "unknown section; allowed: [txlb], [health], [outlier], [backend:NAME]",
+                "unknown section; allowed: [txlb], [health], [outlier], [fleet],"
+                " [backend:NAME]",
                 name,
             )
     if not backend_sections:
@@ -289,11 +304,26 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         backends=tuple(backends),
         health=health_config,
         outlier=OutlierConfig(**outlier),
+        fleet=_fleet(filename, fleet),
         **{group: _TXLB_GROUPS[group](**values) for group, values in groups.items()},
         **own,
     )
     _check_mode(config)
     return config
+
+
+def _fleet(filename: str, values: dict[str, Any] | None) -> FleetConfig:
+    """A C{[fleet]} section must name its Redis; no section is no fleet."""
+    if values is None:
+        return FleetConfig()
+    if values.get("redis") is None:
+        raise ConfigError(
+            filename,
+            "missing; expected " + _FLEET_KEYS["redis"].allowed,
+            "fleet",
+            "redis",
+        )
+    return FleetConfig(**values)
 
 
 def _check_mode(config: Config) -> None:

@@ -24,6 +24,10 @@ from twisted.web.server import Site
 from txlb import __version__
 from txlb.config import Config, ConfigError, load
 from txlb.core.registry import Registry
+from txlb.fleet.metrics import FleetCollector
+from txlb.fleet.redisstore import RedisStore
+from txlb.fleet.settings import node_name
+from txlb.fleet.sharing import Fleet
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
@@ -76,12 +80,21 @@ class Options(usage.Options):
             from twisted.internet import reactor
 
             _endpoints(reactor, self.config)
+            _fleet_node(self.config)
         except ConfigError as e:
             sys.stderr.write(f"txlb: {e}\n")
             sys.exit(1)
         if self["check"]:
             print(f"txlb: {self['config']}: configuration is valid")
             sys.exit(0)
+
+
+def _fleet_node(config: Config) -> str:
+    """This node's name in the fleet (C{[fleet] node}, else the host name)."""
+    try:
+        return node_name(config.fleet)
+    except ValueError as e:
+        raise ConfigError(config.filename, str(e), "fleet", "node") from None
 
 
 def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
@@ -148,7 +161,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = options.config
     reactor.callWhenRunning(tune_gc)
     # Stops the listeners first and drains the connections (SIGTERM).
-    top = Lifecycle(reactor, config.shutdown_timeout)
+    top = Lifecycle(reactor, config.shutdown_timeout, config.shutdown_grace)
     registry = Registry.from_config(config, reactor)
 
     access_log = None
@@ -167,6 +180,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         access_log.setServiceParent(top)
 
     app = _stats_app(config, registry, reactor)
+    app.draining = lambda: top.draining
     Sampler(app.stats, reactor).setServiceParent(top)
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
@@ -196,7 +210,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for endpoint in listen:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
-        _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
+        stats_port = _listen(stats_endpoint, Site(stats, reactor=reactor))
+        stats_port.setServiceParent(top)
+        # Open through the drain: /healthz says 503 there while it lasts.
+        top.listen_until_drained(stats_port)
 
     HealthChecker.from_config(
         config,
@@ -205,6 +222,19 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         TCPProbe(reactor),
         reactor,
     ).setServiceParent(top)
+    fleet_config = config.fleet
+    if fleet_config.redis is not None:
+        fleet = Fleet(
+            registry,
+            RedisStore(reactor, fleet_config.redis, max(fleet_config.ttl, 0.25)),
+            _fleet_node(config),
+            fleet_config.interval,
+            fleet_config.ttl,
+            reactor,
+        )
+        fleet.setServiceParent(top)
+        app.stats.fleet = fleet.snapshot
+        app.metrics.prometheus.register(FleetCollector(fleet))
     # SIGHUP re-reads the same file.
     reloader = Reloader(config, registry)
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)

@@ -131,10 +131,14 @@ class StatsTests(SynchronousTestCase):
                 "window_seconds",
                 "clients",
                 "backends",
+                "fleet",
                 "totals",
             },
         )
         self.assertEqual(snapshot["clients"], {})  # no front end wired
+        self.assertIsNone(snapshot["fleet"])  # no [fleet]
+        stats.fleet = lambda: {"node": "lb-a", "status": "sharing"}
+        self.assertEqual(stats.snapshot()["fleet"]["node"], "lb-a")
         stats.clients = lambda: {"connections": 3, "refused": 1, "rejected": 2}
         self.assertEqual(stats.snapshot()["clients"]["refused"], 1)
         self.assertEqual(

@@ -16,7 +16,7 @@ import attrs
 
 from txlb.config import Address, BackendConfig
 
-__all__ = ["HISTORY_LENGTH", "Backend", "Transition"]
+__all__ = ["HISTORY_LENGTH", "Backend", "Ejection", "Transition"]
 
 HISTORY_LENGTH = 50
 """State changes kept per backend."""
@@ -30,6 +30,19 @@ class Transition:
     healthy: bool
     reason: str
     state: str = "healthy"
+
+
+@attrs.frozen
+class Ejection:
+    """
+    An ejection in force: until when (the registry's clock), why, and on
+    whose word: C{by} is empty for this balancer's own passive checks, else
+    the fleet peer's node name (L{txlb.fleet}).
+    """
+
+    until: float
+    cause: str
+    by: str = ""
 
 
 @attrs.define(eq=False)
@@ -49,6 +62,7 @@ class Backend:
         fleet (L{txlb.fleet}).
     @ivar order: its place in the registry, for exact ties.
     @ivar leaving: its source dropped it: draining, then removed.
+    @ivar ejection: the ejection in force while C{ejected}, else L{None}.
 
     The last four attributes are for the rooms that keep something per
     backend (attached when the registry announces it, dropped with it):
@@ -76,6 +90,7 @@ class Backend:
     leaving: bool = False
     ejected: bool = False
     ejections: int = 0
+    ejection: Ejection | None = None
     consecutive_failures: int = 0
     last_unejected: float = 0.0
     ramp_start: float = 0.0

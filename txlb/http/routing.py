@@ -18,7 +18,10 @@ from txlb.http.webbridge import StatsCall
 
 __all__ = ["RESERVED", "Router", "front_end"]
 
-RESERVED = (b"/api/", b"/dashboard", b"/metrics")
+READINESS = b"/healthz"
+"""Answered by the stats app exactly (with or without a query string)."""
+
+RESERVED = (b"/api/", b"/dashboard", b"/metrics", READINESS)
 """Paths the stats app answers when it shares the proxy's port."""
 
 
@@ -42,7 +45,10 @@ class Router:
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""
-        return self._reserve and path.startswith(RESERVED)
+        if not (self._reserve and path.startswith(RESERVED)):
+            return False
+        # /healthz itself, not /healthzone (one test more, and only here).
+        return not path.startswith(READINESS) or path[8:9] in (b"", b"?")
 
     def __call__(self, request: ClientRequest) -> None:
         proxy, site = self.proxy, self.site
@@ -68,8 +74,8 @@ def front_end(
     """
     The factory of the proxy's client connections.
 
-    @param stats: the stats app, answering C{/api/}, C{/dashboard} and
-        C{/metrics} when C{reserve} (it shares the proxy's port), or every
-        path when there is no C{proxy}.
+    @param stats: the stats app, answering C{/api/}, C{/dashboard},
+        C{/metrics} and C{/healthz} when C{reserve} (it shares the proxy's
+        port), or every path when there is no C{proxy}.
     """
     return HTTPFrontendFactory(limits, clock, Router(proxy, stats, clock, reserve))

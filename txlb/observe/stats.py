@@ -166,6 +166,8 @@ class Stats(BackendListener):
         self._total = Series()
         # The front end's own counters (open, refused, rejected), when wired.
         self.clients: Callable[[], dict[str, int]] | None = None
+        # The fleet's view (txlb.fleet), when there is one.
+        self.fleet: Callable[[], dict[str, Any]] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
@@ -195,7 +197,7 @@ class Stats(BackendListener):
         registry = self._registry
         total_count, total_errors, total_span = self._total.window(now, self._started)
         backends = [self._entry(b, now, total_count) for b in registry.backends]
-        clients = self.clients
+        clients, fleet = self.clients, self.fleet
         return {
             "time": now,
             "algorithm": registry.algorithm,
@@ -203,6 +205,7 @@ class Stats(BackendListener):
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
+            "fleet": fleet() if fleet is not None else None,
             "totals": {
                 **totals(registry),
                 "responses": self._total.responses,

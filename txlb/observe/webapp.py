@@ -6,6 +6,9 @@ actions.
 Routes (all answers carry a C{Content-Security-Policy} that forbids inline
 script, and the API answers C{Cache-Control: no-store}):
 
+  - C{GET /healthz}: readiness, for an L4 tier or an orchestrator: 200
+    while txlb accepts and has a backend in rotation, 503 while it drains
+    (SIGTERM) or has none; a short text says which.
   - C{GET /api/server-stats}: L{txlb.observe.stats.Stats.snapshot} as JSON.
   - C{GET /api/events}: the same snapshot as Server-Sent Events
     (C{event: stats}), C{events_rate} times a second.
@@ -21,6 +24,7 @@ script, and the API answers C{Cache-Control: no-store}):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -84,6 +88,7 @@ class StatsApp:
     @ivar admin_token: the bearer token admin actions need, or L{None} to
         turn them off.
     @ivar events_rate: Server-Sent Events per second on C{/api/events}.
+    @ivar draining: whether the balancer is shutting down (the lifecycle's).
     """
 
     registry: Registry
@@ -95,6 +100,7 @@ class StatsApp:
     # that shows the source would print the token.
     admin_token: bytes | None = attrs.field(default=None, repr=False)
     events_rate: float = 2.0
+    draining: Callable[[], bool] = lambda: False
     _events: EventStream = attrs.field(init=False)
     _admin: Admin = attrs.field(init=False)
     app = Klein()
@@ -122,6 +128,22 @@ class StatsApp:
         return _Secure(self.app.resource())
 
     # --- read-only API ------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes:
+        """Ready (200) or not (503), and why, in a few words."""
+        registry = self.registry
+        available, total = registry.available, len(registry.backends)
+        if self.draining():
+            code, text = 503, "draining: shutting down"
+        elif not available:
+            code, text = 503, f"not ready: no backend available (0 of {total})"
+        else:
+            code, text = 200, f"ready: {available} of {total} backends available"
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return text.encode("utf-8") + b"\n"
 
     @app.route("/api/server-stats", methods=["GET", "HEAD"])
     def server_stats(self, request: IRequest) -> bytes:
