@@ -166,6 +166,42 @@ class ServerStatsTests(_Case):
         self.assertEqual(body, b"")
 
 
+class ReadinessTests(_Case):
+    def healthz(self, method: str = "GET") -> tuple[int, bytes]:
+        response, body = self.request(method, "/healthz")
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/plain; charset=utf-8"],
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders(b"cache-control"), [b"no-store"]
+        )
+        return response.code, body
+
+    def test_ready(self) -> None:
+        """200 with a backend in rotation; HEAD too, without a body."""
+        self.assertEqual(self.healthz(), (200, b"ready: 2 of 2 backends available\n"))
+        self.assertEqual(self.healthz("HEAD"), (200, b""))
+
+    def test_no_backend(self) -> None:
+        """503 when no backend is in rotation (down or drained), and says so."""
+        web1, web2 = self.registry.backends
+        self.registry.set_healthy(web1, False, "probe failed")
+        self.assertEqual(self.healthz()[0], 200)
+        self.registry.set_draining(web2, True, "admin")
+        self.assertEqual(
+            self.healthz(), (503, b"not ready: no backend available (0 of 2)\n")
+        )
+
+    def test_draining(self) -> None:
+        """503 from the moment the balancer drains, read through its callable."""
+        draining = [False]
+        self.app.draining = lambda: draining[0]
+        self.assertEqual(self.healthz()[0], 200)
+        draining[0] = True
+        self.assertEqual(self.healthz(), (503, b"draining: shutting down\n"))
+
+
 class ReadOnlyEndpointTests(_Case):
     def test_history(self) -> None:
         """/api/history returns the sampled points, limited by ?seconds=."""

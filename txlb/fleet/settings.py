@@ -113,9 +113,7 @@ class FleetConfig:
         return self.interval * TTL_INTERVALS
 
 
-def node_name(
-    config: FleetConfig, hostname: Callable[[], str] = socket.gethostname
-) -> str:
+def node_name(config: FleetConfig, hostname: Callable[[], str] | None = None) -> str:
     """
     The node's name: C{node}, else this host's name.
 
@@ -123,7 +121,7 @@ def node_name(
     """
     if config.node:
         return config.node
-    name = hostname()
+    name = (hostname or socket.gethostname)()
     if _NODE.fullmatch(name) is None:
         raise ValueError(
             f"this host's name {name!r} cannot name a node ({NODE_RULE}): set node"

@@ -168,7 +168,7 @@ class Fleet(Service):
                 ejected[self._text(b.address)] = Ejected(
                     ejection.until - now, ejection.cause, b.ejections
                 )
-        return Report(self.node, self.instance, seq, load, backends, ejected)
+        return Report(self.node, self.instance, seq, load, self.ttl, backends, ejected)
 
     def _answered(self, answer: Answer) -> None:
         now = self._clock.seconds()
@@ -192,7 +192,16 @@ class Fleet(Service):
                 continue
             self._unreadable.discard(entry.node)
             found[entry.node] = Peer(report, now, now + entry.ttl)
-        for node in found.keys() - self.peers.keys():
+        if self.status != SHARING:
+            self.log.info(
+                "fleet: {how} through {store} as node {node}: {count} peers",
+                how="sharing" if self.status == CONNECTING else "rejoined",
+                store=self.store.where,
+                node=self.node,
+                count=len(found),
+            )
+            self._set_status(SHARING, None, now)
+        for node in sorted(found.keys() - self.peers.keys()):
             self.log.info("fleet: peer {peer} joined", peer=node)
         for node in self.peers:
             if node not in found:
@@ -203,15 +212,6 @@ class Fleet(Service):
                     self.peers[node].seen,
                 )
         self.peers = found
-        if self.status != SHARING:
-            self.log.info(
-                "fleet: {how} through {store} as node {node}: {count} peers",
-                how="sharing" if self.status == CONNECTING else "rejoined",
-                store=self.store.where,
-                node=self.node,
-                count=len(found),
-            )
-            self._set_status(SHARING, None, now)
         self._apply()
         self._schedule_expiry(now)
 
@@ -293,8 +293,11 @@ class Fleet(Service):
                 if key in self._honoured or backend is None or backend.ejected:
                     continue
                 self._honoured.add(key)
-                if ejected.seconds > self.interval and self.registry.eject_by_peer(
-                    backend, ejected.seconds, node, ejected.cause
+                # Its time left when the report was written, less the
+                # report's age (the TTL it was written with, less what is left).
+                left = ejected.seconds - (peer.report.ttl - (peer.expires - peer.seen))
+                if left > self.interval and self.registry.eject_by_peer(
+                    backend, left, node, ejected.cause
                 ):
                     self.peer_ejections += 1
         self._honoured &= live

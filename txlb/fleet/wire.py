@@ -49,6 +49,8 @@ class Report:
         are told apart by it).
     @ivar seq: counts the node's reports.
     @ivar load: requests in flight from the node, on all backends.
+    @ivar ttl: the seconds the entry was written to last (its age is that
+        less what it has left).
     @ivar backends: requests in flight from the node, by backend address.
     @ivar ejected: the node's own passive ejections, by backend address.
     """
@@ -57,6 +59,7 @@ class Report:
     instance: str
     seq: int
     load: int
+    ttl: float
     backends: Mapping[str, int] = attrs.field(factory=dict)
     ejected: Mapping[str, Ejected] = attrs.field(factory=dict)
 
@@ -70,6 +73,7 @@ def encode(report: Report) -> bytes:
             "instance": report.instance,
             "seq": report.seq,
             "load": report.load,
+            "ttl": report.ttl,
             "backends": dict(report.backends),
             "ejected": {
                 address: [round(e.seconds, 3), e.cause, e.serial]
@@ -103,6 +107,7 @@ def decode(body: bytes) -> Report:
         instance=_text(data, "instance"),
         seq=_count(data.get("seq"), "seq"),
         load=_count(data.get("load"), "load"),
+        ttl=_seconds(data.get("ttl"), "ttl"),
         backends={
             _address(a): _count(n, f"backends[{a!r}]") for a, n in backends.items()
         },
@@ -140,10 +145,21 @@ def _ejected(address: str, value: Any) -> Ejected:
     if not isinstance(value, list) or len(value) != 3:
         raise ValueError(f"ejected[{address!r}] is not [seconds, cause, serial]")
     seconds, cause, serial = value
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        raise ValueError(f"ejected[{address!r}] seconds is not a number")
     if not isinstance(cause, str):
         raise ValueError(f"ejected[{address!r}] cause is not a string")
     return Ejected(
-        float(seconds), cause, _count(serial, f"ejected[{address!r}] serial")
+        _seconds(seconds, f"ejected[{address!r}] seconds"),
+        cause,
+        _count(serial, f"ejected[{address!r}] serial"),
     )
+
+
+def _seconds(value: Any, name: str) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} is not a number of seconds")
+    return float(value)
