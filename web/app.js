@@ -284,6 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
+    // Other cards (fleet.js) follow the same snapshots.
+    document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 
   function updateHeader(snap) {

@@ -547,8 +547,10 @@ class SafeByConstructionTests(SynchronousTestCase):
         self.assertNotRegex(html, r"(src|href)=\"(https?:)?//")
 
     def test_data_rendered_as_text(self) -> None:
-        """app.js never parses strings as HTML or code."""
-        script = (self.root / "app.js").read_text("utf-8")
+        """app.js and fleet.js never parse strings as HTML or code."""
+        script = "".join(
+            (self.root / name).read_text("utf-8") for name in ("app.js", "fleet.js")
+        )
         for risky in (
             "innerHTML",
             "outerHTML",
@@ -562,7 +564,7 @@ class SafeByConstructionTests(SynchronousTestCase):
 
     def test_no_cdn(self) -> None:
         """Nothing is fetched from another origin."""
-        for name in ("index.html", "app.js", "style.css"):
+        for name in ("index.html", "app.js", "fleet.js", "style.css"):
             text = (self.root / name).read_text("utf-8")
             self.assertNotRegex(text, r"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//")
 
