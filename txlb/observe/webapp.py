@@ -140,10 +140,12 @@ class StatsApp:
             code, text = 503, f"not ready: no backend available (0 of {total})"
         else:
             code, text = 200, f"ready: {available} of {total} backends available"
+        body = text.encode("utf-8") + b"\n"
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
         request.setHeader(b"Cache-Control", b"no-store")
-        return text.encode("utf-8") + b"\n"
+        return body
 
     @app.route("/api/server-stats", methods=["GET", "HEAD"])
     def server_stats(self, request: IRequest) -> bytes:
