@@ -48,6 +48,8 @@ class Backend:
     @ivar peers: requests in flight on it from the other balancers of a
         fleet (L{txlb.fleet}).
     @ivar order: its place in the registry, for exact ties.
+    @ivar slot: its place in the counts shared by worker processes
+        (L{txlb.workers.shm}), or -1.
     @ivar leaving: its source dropped it: draining, then removed.
 
     The last four attributes are for the rooms that keep something per
@@ -72,6 +74,7 @@ class Backend:
     failures: int = 0
     vtime: float = 0.0
     order: int = 0
+    slot: int = -1
     draining: bool = False
     leaving: bool = False
     ejected: bool = False
