@@ -65,7 +65,13 @@ class Backend:
     slow_start: float = 0.0
     probed: bool = True
     ejected: bool = False
+    # The repeat count that lengthens an ejection (reset after a quiet
+    # max_ejection_time); ejected_total only grows, for /metrics.
     ejections: int = 0
+    ejected_total: int = 0
+    # Requests (TCP mode: connections) that failed here and were retried
+    # on another backend.
+    retries: int = 0
     consecutive_failures: int = 0
     ramp_start: float = 0.0
     last_unejected: float = 0.0
@@ -593,6 +599,7 @@ class Registry:
         if now - backend.last_unejected > outlier.max_ejection_time:
             backend.ejections = 0
         backend.ejections += 1
+        backend.ejected_total += 1
         duration = min(
             outlier.base_ejection_time * backend.ejections, outlier.max_ejection_time
         )

@@ -438,6 +438,7 @@ class _Exchange:
             if budgeted and not self.retried:
                 self.retried = True
                 proxy.retrying += 1
+            lease.backend.retries += 1
             self._pick()
         else:
             self.log.warn(
