@@ -45,6 +45,7 @@ from txlb.core.decisions import SIZE as DECISION_SIZE
 from txlb.core.registry import MAX_WEIGHT, Backend, Registry
 from txlb.observe.metrics import Metrics
 from txlb.observe.stats import HISTORY_POINTS, Stats
+from txlb.observe.webfiles import missing, unavailable_page
 
 __all__ = [
     "CSP",
@@ -140,9 +141,30 @@ class _Asset:
 
 @attrs.frozen
 class WebAssets:
-    """The dashboard's files, read once at start-up and served from memory."""
+    """
+    The dashboard's files, read once at start-up and served from memory.
+
+    @ivar root: where they were read from (or looked for).
+    """
 
     files: dict[str, _Asset]
+    root: str = ""
+
+    @classmethod
+    def find(cls) -> WebAssets:
+        """
+        The files where L{find_web_root} finds them, or none, looked for in
+        the installed package, if it finds no index.html.
+        """
+        try:
+            return cls.load(find_web_root())
+        except FileNotFoundError:
+            return cls({}, str(Path(__file__).resolve().parent.parent / "web"))
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The files the dashboard cannot work without that are not here."""
+        return missing(self.files)
 
     @classmethod
     def load(cls, root: Path) -> WebAssets:
@@ -159,7 +181,7 @@ class WebAssets:
             body = path.read_bytes()
             etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:20].encode("ascii")
             files[relative] = _Asset(body, _CONTENT_TYPES[path.suffix], etag)
-        return cls(files)
+        return cls(files, str(root))
 
     @classmethod
     def empty(cls) -> WebAssets:
@@ -496,7 +518,16 @@ class StatsApp:
     @app.route("/dashboard/", methods=["GET", "HEAD"])
     @app.route("/dashboard/<path:asset>", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest, asset: str = "index.html") -> bytes:
-        """A dashboard file, from memory."""
+        """
+        A dashboard file, from memory; instead of index.html, a page naming
+        the files missing, if any.
+        """
+        absent = self.assets.missing
+        if asset == "index.html" and absent:
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return unavailable_page(absent, self.assets.root)
         found = self.assets.files.get(asset)
         if found is None:
             missing = "index.html" if asset == "index.html" else asset
