@@ -38,6 +38,8 @@ def unavailable_page(absent: tuple[str, ...], root: str) -> bytes:
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
+        # No icon to fetch (a browser would ask for /favicon.ico).
+        '<link rel="icon" href="data:,">'
         "<title>txlb: dashboard unavailable</title></head>\n<body>\n"
         "<h1>txlb's dashboard is unavailable</h1>\n"
         f"<p>Missing from <code>{where}</code>: {names}.</p>\n"
