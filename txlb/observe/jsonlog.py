@@ -7,10 +7,12 @@ journald and log shippers.  twistd takes the observer factory by name:
 Each event becomes one line (RFC 8259 JSON, ASCII only, so a newline in a
 message never splits it), for example::
 
-    {"time":"2026-05-01T09:30:00.123456Z","ts":1777627800.123456,
-     "level":"info","namespace":"txlb.core.registry","system":"-",
-     "message":"backend web1 is ejected: ...","backend":"web1",
-     "state":"ejected","reason":"..."}
+    {"time":"2026-12-01T09:25:13.473832Z","ts":1796117113.473832,
+     "level":"info","namespace":"txlb.core.registry.Registry",
+     "message":"backend web2 is ejected: 5 consecutive failures (last:
+     connection failed); ejected for 30s","backend":"web2",
+     "state":"ejected","reason":"5 consecutive failures (last: connection
+     failed); ejected for 30s"}
 
 (one line in the log; wrapped here).  The keys: C{time} (ISO 8601, UTC) and
 C{ts} (Unix seconds) of the event; C{level} (C{debug}, C{info}, C{warn},
