@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from setuptools import setup
@@ -25,8 +26,7 @@ from setuptools.command.sdist import sdist
 from setuptools.errors import SetupError
 
 ROOT = Path(__file__).resolve().parent
-CHART = ROOT / "web" / "vendor" / "chart.umd.js"
-LICENSE = ROOT / "web" / "vendor" / "chart.js-LICENSE.md"
+VENDOR = ("web/vendor/chart.umd.js", "web/vendor/chart.js-LICENSE.md")
 HOW = (
     "install Node.js and npm (Debian: apt-get install npm) and build again,"
     " or run `npm ci && node scripts/copy-vendor.js` (`make web-vendor`)"
@@ -34,36 +34,38 @@ HOW = (
 )
 
 
-def _pinned() -> str:
-    package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
+def _pinned(root: Path) -> str:
+    package = json.loads((root / "package.json").read_text(encoding="utf-8"))
     return str(package["dependencies"]["chart.js"])
 
 
-def _vendored() -> str | None:
+def _vendored(root: Path) -> str | None:
     """The version of the Chart.js in web/vendor/ (from its banner), if any."""
-    if not (CHART.is_file() and LICENSE.is_file()):
+    if not all((root / name).is_file() for name in VENDOR):
         return None
-    with CHART.open("rb") as f:
+    with (root / VENDOR[0]).open("rb") as f:
         banner = f.read(200).decode("ascii", "replace")
     found = re.search(r"Chart\.js v(\S+)", banner)
     return found.group(1) if found else "unknown"
 
 
-def ensure_dashboard() -> None:
+def ensure_dashboard(
+    root: Path = ROOT, which: Callable[[str], str | None] = shutil.which
+) -> None:
     """Have web/vendor/ hold the pinned Chart.js, or stop the build saying how."""
-    if not (ROOT / "package-lock.json").is_file():
-        if _vendored() is None:
+    if not (root / "package-lock.json").is_file():
+        if _vendored(root) is None:
             raise SetupError(
                 "txlb: web/vendor/chart.umd.js is missing and this tree has no"
                 " package-lock.json to fetch it with: build from a txlb checkout"
                 " or sdist"
             )
         return
-    pinned, vendored = _pinned(), _vendored()
+    pinned, vendored = _pinned(root), _vendored(root)
     if vendored == pinned:
         return
     what = "missing" if vendored is None else f"Chart.js {vendored}, not {pinned}"
-    npm, node = shutil.which("npm"), shutil.which("node")
+    npm, node = which("npm"), which("node")
     if npm is None or node is None:
         raise SetupError(
             f"txlb: the dashboard's web/vendor/chart.umd.js is {what} and npm is"
@@ -74,13 +76,13 @@ def ensure_dashboard() -> None:
         [npm, "ci", "--no-audit", "--no-fund"],
         [node, "scripts/copy-vendor.js"],
     ):
-        if subprocess.run(argv, cwd=ROOT, check=False).returncode != 0:
+        if subprocess.run(argv, cwd=root, check=False).returncode != 0:
             command = " ".join([Path(argv[0]).name, *argv[1:]])
             raise SetupError(
                 f"txlb: `{command}` failed (above) fetching the dashboard's"
                 f" Chart.js {pinned}: {HOW}"
             )
-    if _vendored() != pinned:
+    if _vendored(root) != pinned:
         raise SetupError(f"txlb: web/vendor/ still lacks Chart.js {pinned}: {HOW}")
 
 
@@ -100,4 +102,6 @@ class SdistWithDashboard(sdist):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithDashboard, "sdist": SdistWithDashboard})
+# setuptools' build backend runs this file as __main__; tests import it.
+if __name__ == "__main__":
+    setup(cmdclass={"build_py": BuildPyWithDashboard, "sdist": SdistWithDashboard})
