@@ -138,6 +138,19 @@ class TokenTests(SynchronousTestCase):
         with self.assertRaises(cli.CLIError) as e:
             cli.resolve_token(self.token_file("\n"), {})
         self.assertIn("is empty", str(e.exception))
+        # Never a header with a line break in it (two lines, a space).
+        for text in ("first\nsecond\n", "two words"):
+            path = self.token_file(text)
+            with self.assertRaises(cli.CLIError) as e:
+                cli.resolve_token(path, {})
+            self.assertEqual(
+                str(e.exception),
+                f"the admin token file {path!r} does not hold one token of"
+                " A-Z a-z 0-9 - . _ ~ + / (as admin_token_file does)",
+            )
+        with self.assertRaises(cli.CLIError) as e:
+            cli.resolve_token(None, {"TXLB_ADMIN_TOKEN": "a\r\nX-Evil: 1"})
+        self.assertTrue(str(e.exception).startswith("TXLB_ADMIN_TOKEN does not"))
 
 
 class WatchTests(SynchronousTestCase):

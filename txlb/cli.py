@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -34,6 +35,8 @@ __all__ = ["CLIError", "Client", "main", "render_status", "resolve_token", "watc
 DEFAULT_URL = "http://127.0.0.1:8080"
 _CLEAR = "\x1b[H\x1b[2J"
 _MAX_WEIGHT = 1000.0
+# RFC 6750's b64token, what txlb's admin_token_file holds.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _TOKEN_HINT = "pass --token-file PATH, or set TXLB_ADMIN_TOKEN or TXLB_ADMIN_TOKEN_FILE"
 
 
@@ -47,7 +50,7 @@ def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
     file named by C{TXLB_ADMIN_TOKEN_FILE} (surrounding whitespace dropped).
     """
     if token_file is None and env.get("TXLB_ADMIN_TOKEN"):
-        return env["TXLB_ADMIN_TOKEN"].strip()
+        return _checked(env["TXLB_ADMIN_TOKEN"].strip(), "TXLB_ADMIN_TOKEN")
     path = token_file or env.get("TXLB_ADMIN_TOKEN_FILE")
     if not path:
         raise CLIError(f"admin actions need the admin token: {_TOKEN_HINT}")
@@ -59,6 +62,15 @@ def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
         raise CLIError(f"cannot read the admin token file {path!r}: {reason}") from None
     if not token:
         raise CLIError(f"the admin token file {path!r} is empty")
+    return _checked(token, f"the admin token file {path!r}")
+
+
+def _checked(token: str, source: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise CLIError(
+            f"{source} does not hold one token of A-Z a-z 0-9 - . _ ~ + / (as"
+            " admin_token_file does)"
+        )
     return token
 
 
