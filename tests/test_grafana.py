@@ -39,7 +39,9 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 def exported_series() -> set[str]:
     """The sample names txlb's /metrics has (histogram parts included)."""
-    registry = Registry(parse("[backend:a]\naddress = 127.0.0.1:1\n").backends, Clock())
+    registry = Registry.from_config(
+        parse("[backend:a]\naddress = 127.0.0.1:1\n"), Clock()
+    )
     body, _ = Metrics(registry).exposition(None)
     return {
         sample.name

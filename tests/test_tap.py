@@ -14,8 +14,8 @@ from twisted.web.server import Site
 
 from txlb import tap
 from txlb.http.frontend import HTTPFrontendFactory
-from txlb.http.proxy import Router
-from txlb.observe.webapp import WebAssets
+from txlb.http.routing import Router
+from txlb.observe.assets import WebAssets
 from txlb.tap import Options, makeService
 from txlb.tcp.proxy import TCPProxyFactory
 

@@ -144,7 +144,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(status(third.received()), 503)
         self.assertFalse(third.transport.connected)
         self.assertTrue(first.transport.connected and second.transport.connected)
-        self.assertEqual(h.site.limit.refused, 1)
+        self.assertEqual(h.factory.limit.refused, 1)
         first.transport.loseConnection()
         fourth = h.client()
         self.assertEqual(fourth.received(), b"")
@@ -281,8 +281,8 @@ class ShutdownTests(SynchronousTestCase):
         idle, busy = h.client(), h.client()
         busy.send(GET)
         backend = h.accept()
-        protocols = {c.channel: c for c in (idle, busy)}
-        settled = {protocols[p]: p.settle() for p in list(h.site.connections)}
+        protocols = {c.proto: c for c in (idle, busy)}
+        settled = {protocols[p]: p.settle() for p in list(h.factory.connections)}
         self.assertEqual(settled, {idle: True, busy: False})
         backend.reply(OK)
         self.assertIn(b"\r\nConnection: close\r\n", busy.received())

@@ -164,7 +164,7 @@ def test_check(wheel_dir: Path, tmp_path: Path) -> None:
 def test_dashboard_files_installed(wheel_dir: Path, tmp_path: Path) -> None:
     """The installed txlb finds every dashboard file inside its package."""
     script = (
-        "import json, txlb.observe.webapp as w; a = w.WebAssets.find();"
+        "import json, txlb.observe.assets as w; a = w.WebAssets.find();"
         " print(json.dumps([a.root, sorted(a.files), list(a.missing)]))"
     )
     result = _run_installed(wheel_dir, tmp_path, "python", "-I", "-c", script)

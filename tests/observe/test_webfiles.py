@@ -10,7 +10,7 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.observe import webfiles
-from txlb.observe.webapp import find_web_root
+from txlb.observe.assets import find_web_root
 
 
 class WebFilesTests(SynchronousTestCase):
