@@ -78,7 +78,13 @@ class Backend:
     draining: bool = False
     leaving: bool = False
     ejected: bool = False
+    # The repeat count that lengthens an ejection (reset after a quiet
+    # max_ejection_time); ejected_total only grows, for /metrics.
     ejections: int = 0
+    ejected_total: int = 0
+    # Requests (TCP mode: connections) that failed here and were retried
+    # on another backend.
+    retries: int = 0
     consecutive_failures: int = 0
     last_unejected: float = 0.0
     ramp_start: float = 0.0
