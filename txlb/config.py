@@ -186,6 +186,12 @@ class Config:
         "0 (off) or " + DURATION + "; on SIGTERM /healthz says 503 at once and the"
         " ports stay open this long before the drain",
     )
+    workers: int = key(
+        1,
+        schema.processes,
+        "1 (one process), a number of worker processes up to 256, or auto"
+        " (one per CPU)",
+    )
     client: ClientConfig = ClientConfig()
     proxy: ProxyConfig = ProxyConfig()
     balancing: BalancingConfig = BalancingConfig()
@@ -309,6 +315,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         **own,
     )
     _check_mode(config)
+    _check_fleet(config)
     return config
 
 
@@ -324,6 +331,18 @@ def _fleet(filename: str, values: dict[str, Any] | None) -> FleetConfig:
             "redis",
         )
     return FleetConfig(**values)
+
+
+def _check_fleet(config: Config) -> None:
+    """The fleet's peers' counts reach one process's registry, not workers'."""
+    if config.fleet.redis is not None and config.workers != 1:
+        raise ConfigError(
+            config.filename,
+            f"works with workers = 1 only for now (workers = {config.workers}):"
+            " peers' counts do not reach worker processes yet",
+            "fleet",
+            "redis",
+        )
 
 
 def _check_mode(config: Config) -> None:

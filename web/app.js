@@ -284,7 +284,7 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
-    // Other cards (fleet.js) follow the same snapshots.
+    // Panels in their own files (workers.js, fleet.js) draw from the same snapshot.
     document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 

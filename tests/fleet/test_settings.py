@@ -72,6 +72,9 @@ class FleetSectionTests(SynchronousTestCase):
             "[fleet]\nredis = redis://r\nttl = 1s\n": (
                 "[fleet] ttl: unknown key; allowed: redis, node, interval"
             ),
+            "[txlb]\nworkers = 2\n[fleet]\nredis = redis://r\n": (
+                "[fleet] redis: works with workers = 1 only for now (workers = 2)"
+            ),
             "[fleets]\n": "[fleets]: unknown section; allowed: [txlb], [health],"
             " [outlier], [fleet], [backend:NAME]",
         }

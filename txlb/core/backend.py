@@ -61,6 +61,8 @@ class Backend:
     @ivar peers: requests in flight on it from the other balancers of a
         fleet (L{txlb.fleet}).
     @ivar order: its place in the registry, for exact ties.
+    @ivar slot: its place in the counts shared by worker processes
+        (L{txlb.workers.shm}), or -1.
     @ivar leaving: its source dropped it: draining, then removed.
     @ivar ejection: the ejection in force while C{ejected}, else L{None}.
 
@@ -86,10 +88,17 @@ class Backend:
     failures: int = 0
     vtime: float = 0.0
     order: int = 0
+    slot: int = -1
     draining: bool = False
     leaving: bool = False
     ejected: bool = False
+    # The repeat count that lengthens an ejection (reset after a quiet
+    # max_ejection_time); ejected_total only grows, for /metrics.
     ejections: int = 0
+    ejected_total: int = 0
+    # Requests (TCP mode: connections) that failed here and were retried
+    # on another backend.
+    retries: int = 0
     ejection: Ejection | None = None
     consecutive_failures: int = 0
     last_unejected: float = 0.0
