@@ -138,6 +138,19 @@ class PublishingTests(_Case):
         self.assertEqual(ejected.serial, 1)
         self.assertEqual(decode(encode(report)), report)
 
+    def test_backends_coming_and_going_keep_memory_flat(self) -> None:
+        """Backends replaced over and over (discovery) leave no trail behind."""
+        a = self.node("lb-a").start()
+        registry = a.registry
+        for i in range(200):
+            spec = BackendConfig(f"d{i}", Address(f"10.1.{i // 250}.{i % 250}", 80))
+            registry.add(spec, "discovered")
+            self.clock.advance(INTERVAL)
+            registry.remove(registry.get(f"d{i}"), "gone")
+        self.clock.advance(INTERVAL)
+        self.assertEqual(len(registry.backends), 3)
+        self.assertLessEqual(len(a.fleet._texts), 2 * 3 + 16)
+
     def test_slow_store_not_piled_up(self) -> None:
         """An exchange still unanswered holds the next ones back."""
         self.store.hold = True

@@ -277,6 +277,9 @@ class Fleet(Service):
                 registry.selector.touch(b)
         if fell:
             registry.queue.serve_soon()
+        if len(self._texts) > 2 * len(by_address) + 16:
+            # Backends come and go (discovery): keep the texts of those here.
+            self._texts = {b.address: t for t, b in by_address.items()}
         self._honour(by_address)
 
     def _honour(self, by_address: dict[str, Backend]) -> None:
