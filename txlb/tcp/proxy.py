@@ -251,8 +251,15 @@ class _Client(Side):
         relay.join(self, backend)
 
     def _ended(self, relay: Relay, why: str) -> None:
-        # No log event per connection: twistd would write every one.
-        self._release(failed=False)
+        # No log event per connection (twistd would write every one); a
+        # backend that broke the connection is a failure for passive
+        # ejection, but the stats counted this connection when it began.
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            if relay.backend_failed:
+                lease.release(failed=True, why=f"connection broken mid-stream ({why})")
+            else:
+                lease.release()
 
     def _release(self, failed: bool) -> None:
         """Give the lease back, once."""
