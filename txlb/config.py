@@ -137,7 +137,11 @@ class BackendConfig:
     """
     One backend: a ``[backend:NAME]`` section, or one found elsewhere.
 
-    @ivar source: where it came from: C{static} (lb.ini) or C{admin}.
+    @ivar source: where it came from: C{static} (lb.ini), C{admin}, or a
+        discovery section (C{dns:NAME}, C{ec2:NAME}).
+    @ivar priority: RFC 2782's: backends of a higher number take requests
+        only while none of a lower one is in rotation (SRV records set it;
+        0 for all others).
     """
 
     name: str
@@ -159,6 +163,7 @@ class BackendConfig:
         "a whole number, 0 (unlimited) or more: requests or connections at once",
     )
     source: str = "static"
+    priority: int = 0
 
 
 @attrs.frozen
