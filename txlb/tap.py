@@ -22,8 +22,11 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from txlb import __version__
-from txlb.config import Config, ConfigError, load
+from txlb.config import Config, ConfigError
 from txlb.core.registry import Registry
+from txlb.discovery.manager import Discoveries
+from txlb.discovery.metrics import DiscoveryCollector
+from txlb.discovery.sources import RealSources, checked_load
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
@@ -49,8 +52,9 @@ class Options(usage.Options):
     synopsis = "--config lb.ini [--check]"
     longdesc = (
         "Run the txlb load balancer. Everything about balancing is set in the "
-        "INI file given by --config (sections [txlb], [health] and one "
-        "[backend:NAME] per backend; README.md lists every key). A wrong file "
+        "INI file given by --config (sections [txlb], [health], one "
+        "[backend:NAME] per backend and [discovery:NAME] for backends found in "
+        "DNS or EC2; README.md lists every key). A wrong file "
         "stops start-up with one line naming the file, section, key and what "
         "is allowed, before any port is bound."
     )
@@ -70,7 +74,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = load(self["config"])
+            self.config = checked_load(self["config"])
             # Parse the endpoint strings now too, so a typo is reported
             # before anything is bound.
             from twisted.internet import reactor
@@ -205,8 +209,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         TCPProbe(reactor),
         reactor,
     ).setServiceParent(top)
+    # Backends found in DNS or EC2, each section on its own timer.
+    sources = RealSources(reactor)
+    sources.setServiceParent(top)
+    discoveries = Discoveries(registry, reactor, sources, config.discoveries)
+    discoveries.setServiceParent(top)
+    app.stats.discovery = discoveries.status
+    app.metrics.prometheus.register(DiscoveryCollector(registry, discoveries))
     # SIGHUP re-reads the same file.
-    reloader = Reloader(config, registry)
+    reloader = Reloader(config, registry, discoveries, checked_load)
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
 
@@ -251,6 +262,7 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         assets=assets,
         admin_token=admin_token,
         events_rate=config.observe.events_rate,
+        config=config,
     )
 
 
