@@ -224,7 +224,7 @@ def _check(
             raise fail("port", "SRV records carry their own; remove it")
         if typed.srv and "weight" in rest:
             raise fail("weight", "SRV records carry their own; remove it")
-        elif not common.port:
+        if not typed.srv and not common.port:
             raise fail("port", "missing; an A/AAAA name needs the backends' port")
         return
     if not typed.tags and not typed.asg:

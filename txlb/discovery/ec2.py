@@ -232,7 +232,7 @@ def _words(error: Exception) -> str:
 def missing_boto3() -> str | None:
     """Why C{type = ec2} cannot work here, or L{None}."""
     if importlib.util.find_spec("boto3") is None:
-        return "type = ec2 needs boto3: pip install 'txlb[ec2]'"
+        return "ec2 needs boto3: pip install 'txlb[ec2]'"
     return None
 
 

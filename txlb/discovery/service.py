@@ -108,6 +108,7 @@ class DiscoveryService(Service):
         self._jitter = jitter
         self._schedule = Schedule.of(config)
         self._timer: IDelayedCall | None = None
+        self._pending: Deferred[Any] | None = None
         self._round = 0
         self.last: tuple[BackendConfig, ...] = ()
         self.refreshes = 0
@@ -141,6 +142,9 @@ class DiscoveryService(Service):
             self._timer.cancel()
         self._timer = None
         self.next_refresh = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
 
     def _ask(self) -> None:
         self._timer = None
@@ -149,10 +153,18 @@ class DiscoveryService(Service):
         this = self._round
         d: Deferred[Any] = maybeDeferred(self.source.lookup)
         d.addTimeout(LOOKUP_TIMEOUT, self._clock, onTimeoutCancel=_no_answer)
+        d.addBoth(self._settled, d)
         d.addCallbacks(
             self._answered, self._failed, callbackArgs=(this,), errbackArgs=(this,)
         )
         d.addErrback(self._broken, this)
+        if not d.called:
+            self._pending = d
+
+    def _settled(self, result: object, d: Deferred[Any]) -> object:
+        if self._pending is d:
+            self._pending = None
+        return result
 
     def _later(self, delay: float) -> None:
         if self.running:
