@@ -223,7 +223,7 @@ class DiscoveryService(Service):
             if waited < hold:
                 self._later(min(delay, hold - waited))
                 return
-            cause = f"{self.key} ({answer.words} for {waited:g}s)"
+            cause = f"{self.key} ({answer.words} for {waited:.1f}s)"
             self.log.warn(
                 "discovery {source}: {query} still empty after {hold}s: draining"
                 " its {count} backends",
