@@ -8,6 +8,7 @@ start-up (and a reload) with one line.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,19 @@ __all__ = ["RealSources", "check", "checked_load"]
 
 THREADS = 2
 """Threads for AWS calls, shared by every ec2 section."""
+
+
+def _daemon_thread(**kwargs: Any) -> threading.Thread:
+    return threading.Thread(daemon=True, **kwargs)
+
+
+class _Pool(ThreadPool):
+    """
+    Daemon threads, stopped without waiting: an AWS call still out at
+    shutdown (up to its timeouts) must not hold the process up.
+    """
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
 
 
 class RealSources(Service):
@@ -67,7 +81,7 @@ class RealSources(Service):
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Call C{f} in the discovery thread pool."""
         if self._pool is None:
-            self._pool = ThreadPool(0, THREADS, "txlb-discovery")
+            self._pool = _Pool(0, THREADS, "txlb-discovery")
             if self.running:
                 self._pool.start()
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -79,9 +93,10 @@ class RealSources(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # stop() joins the threads: in a thread of its own, not the reactor's.
+            _daemon_thread(target=pool.stop, name="txlb-discovery-stop").start()
 
 
 def check(config: Config) -> None:
