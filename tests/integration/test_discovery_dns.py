@@ -9,118 +9,30 @@ failed requests through every change.
 
 from __future__ import annotations
 
-import getpass
-import re
-import shutil
 import signal
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import Processes, free_port
-from tests.integration.discovery_support import WRK, Balancer, Load, demo_backend
-
-DNSMASQ = shutil.which("dnsmasq") or (
-    "/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None
+from tests.integration.discovery_support import (
+    DNSMASQ,
+    TTL,
+    WRK,
+    Balancer,
+    Dnsmasq,
+    Load,
+    demo_backend,
+    dnsmasq_fixture,  # noqa: F401 (the dnsmasq fixture)
 )
+
 pytestmark = [
     pytest.mark.skipif(
         DNSMASQ is None, reason="dnsmasq (dnsmasq-base) is not installed"
     ),
     pytest.mark.skipif(WRK is None, reason="wrk is not installed"),
 ]
-
-TTL = 1
-
-
-class Dnsmasq:
-    """
-    dnsmasq on 127.0.0.1:PORT answering for lb.test only: A records from a
-    hosts directory (re-read on change, by inotify), SRV records and their
-    targets from its config file (re-read on restart).
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port_udp()
-        self.hosts = directory / "hosts"
-        self.hosts.mkdir()
-        self.conf = directory / "dnsmasq.conf"
-        self.log = directory / "dnsmasq.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.srv: list[tuple[str, int, int, int]] = []
-
-    def a_records(self, name: str, *addresses: str) -> None:
-        """C{name}'s A records now (none: the name is gone, NXDOMAIN)."""
-        path = self.hosts / name
-        tmp = self.hosts / f".{name}.tmp"
-        tmp.write_text("".join(f"{address} {name}\n" for address in addresses))
-        tmp.rename(path)  # one inotify event for the whole file
-
-    def start(self) -> None:
-        lines = [
-            f"port={self.port}",
-            "listen-address=127.0.0.1",
-            "bind-interfaces",
-            "no-resolv",
-            "no-hosts",
-            "no-poll",
-            "local=/lb.test/",  # never forwarded anywhere: NXDOMAIN if unknown
-            f"hostsdir={self.hosts}",
-            f"local-ttl={TTL}",
-            "log-queries",
-            "log-facility=-",
-        ]
-        for target, port, priority, weight in self.srv:
-            lines.append(
-                f"srv-host=_app._tcp.lb.test,{target}.lb.test,{port},{priority},{weight}"
-            )
-        self.conf.write_text("\n".join(lines) + "\n")
-        argv = [DNSMASQ, "--keep-in-foreground", f"--conf-file={self.conf}"]
-        argv += ["--pid-file=", f"--user={getpass.getuser()}"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while "read " + str(self.hosts) not in self.log.read_text():
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def queries(self, name: str) -> int:
-        return len(re.findall(rf"query\[A\] {re.escape(name)} ", self.log.read_text()))
-
-
-def free_port_udp() -> int:
-    import socket
-
-    while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
-@pytest.fixture
-def dnsmasq(tmp_path: Path) -> Any:
-    server = Dnsmasq(tmp_path)
-    yield server
-    server.stop()
 
 
 def history(backend: dict[str, Any]) -> list[str]:
