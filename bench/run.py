@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import churn
 import load
 import peers
 import report
@@ -53,6 +54,7 @@ SCENARIOS = {
     6: "selection cost: txlb with 1000 backends versus 3",
     7: "idle keep-alive client connections: resident memory",
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
+    9: "discovery: 100 backends from DNS, one swapped a second, vs 100 in lb.ini",
 }
 
 # Seconds of one run of each cell, chosen so that a full run (3 runs of every
@@ -68,6 +70,7 @@ _SECONDS = {
     "6-selection": 3.0,
     "8-tcp-small": 3.0,
     "8-tcp-1mib": 2.0,
+    "9-churn": 3.0,
 }
 
 # Peers with no sensible place in a scenario.
@@ -298,6 +301,8 @@ class Bench:
             self.hetero_group()
         if 5 in sc:
             self.failing_group()
+        if 9 in sc:
+            self.churn_group()
 
     def http_peers(self) -> list[str]:
         return [p for p in self.s.peers if p in peers.HTTP_PEERS]
@@ -548,6 +553,52 @@ class Bench:
             )
         finally:
             self.stop(targets)
+
+    def churn_group(self) -> None:
+        """Scenario 9 (bench/churn.py): txlb only, discovered vs static."""
+        s = self.s
+        if "txlb" not in s.peers:
+            _log("scenario 9 measures txlb only: skipped (txlb not in --peers)")
+            return
+        (port,) = self.ctx.ports(1)
+        backends = churn.start_backends(self.ctx, port)
+        pool = None
+        targets: dict[str, Target] = {}
+        try:
+            pool = churn.Pool(self.ctx)
+            for tag, source in (("-static", None), ("-churn", pool)):
+                _log(f"starting txlb{tag}")
+                kw: dict[str, Any] = {
+                    "tag": tag,
+                    "txlb_health_interval": "60s",
+                    "txlb_sections": churn.sections(source, port),
+                }
+                t = self.start("txlb", [], **kw)
+                if t is not None:
+                    t.name = f"txlb{tag}"
+                    targets[t.name] = t
+                targets.update(self.compared("txlb", [], **kw))
+            pool.start_churn()
+            self.cell(
+                "9-churn",
+                9,
+                "100 backends from DNS, one swapped a second, vs 100 in lb.ini",
+                "rps",
+                f"wrk -t1 -c64 -d{s.seconds['9-churn']:g}s, 16-byte body",
+            )
+            self.interleaved(
+                "9-churn", targets, self.wrk("/", 64), s.seconds["9-churn"], s.warmup
+            )
+            self.results["cells"]["9-churn"]["swaps"] = pool.swaps
+        except BenchError as e:
+            self.fail("9-churn", "txlb", e)
+        finally:
+            if pool is not None:
+                pool.stop_churn()
+            self.stop(targets)
+            self.ctx.procs.stop(backends)
+            if pool is not None:
+                self.ctx.procs.stop(pool.proc)
 
     def demo_stats(self, ports: list[int]) -> list[dict[str, Any]]:
         return [
