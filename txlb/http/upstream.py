@@ -19,9 +19,15 @@ import weakref
 from typing import Protocol as TypingProtocol
 
 import httptools
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txlb.config import Address
 from txlb.net import fastio
@@ -75,6 +81,7 @@ class UpstreamSink(TypingProtocol):
         """
 
 
+@implementer(IPushProducer)
 class BackendConnection(Protocol):
     """
     One keep-alive connection to a backend.

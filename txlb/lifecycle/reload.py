@@ -65,6 +65,8 @@ class Reloader:
     _registry: Registry
     _discoveries: Discoveries | None = None
     _load: Callable[[str], Config] = load
+    # Told of each configuration applied (the workers' supervisor).
+    after: list[Callable[[Config], None]] = attrs.field(factory=list)
     log = Logger()
 
     @property
@@ -122,6 +124,8 @@ class Reloader:
             discoveries=new.discoveries,
             balancing=balancing,
         )
+        for hook in self.after:
+            hook(self._config)
         self.log.info(
             "reload: {count} backends configured ({added} added, {removed}"
             " removed){sections}",
