@@ -1,5 +1,5 @@
 """
-Scenario 9: what discovery costs per request.  txlb balances over 100
+Scenario 13 (issue 13): what discovery costs per request.  txlb balances over 100
 backends found in DNS (a real dnsmasq on loopback, TTL 1 s), one of which
 is swapped for another every second, against txlb over the same 100
 backends listed in lb.ini.  Both probe every 60 s, so the difference is the

@@ -169,6 +169,8 @@ def start_peer(
     txlb_health_interval: str = "2s",
     txlb_tree: str | None = None,
     txlb_sections: str | None = None,
+    txlb_workers: int = 1,
+    pinned: bool = True,
 ) -> Target:
     """
     Start balancer C{name} in front of the loopback ports C{backends}.
@@ -221,6 +223,7 @@ def start_peer(
             health_interval=txlb_health_interval,
             algorithm="least_time" if name == "txlb-least-time" else "least_conn",
             sections=txlb_sections,
+            workers=txlb_workers,
         )
         path = ctx.workdir / f"{tag}.ini"
         path.write_text(conf)
@@ -228,7 +231,8 @@ def start_peer(
         argv = [twistd, "-n", "--pidfile=", "txlb", "--config", str(path)]
         tree = txlb_tree or ctx.txlb_pythonpath
         env = {"PYTHONPATH": tree} if tree else {}
-        proc = ctx.procs.start(tag, argv, BALANCER_CPU, env=env, cwd=ctx.workdir)
+        cpu = BALANCER_CPU if pinned else None
+        proc = ctx.procs.start(tag, argv, cpu, env=env, cwd=ctx.workdir)
         stats = f"http://127.0.0.1:{stats_port}/api/server-stats"
         target = Target(name, url, proc, stats_url=stats, config=conf)
     else:
@@ -381,6 +385,7 @@ def _txlb_ini(
     health_interval: str,
     algorithm: str = "least_conn",
     sections: str | None = None,
+    workers: int = 1,
 ) -> str:
     if sections is None:
         sections = "\n".join(
@@ -393,6 +398,7 @@ listen = tcp:{port}:interface=127.0.0.1
 stats_listen = tcp:{stats_port}:interface=127.0.0.1
 mode = {"tcp" if tcp else "http"}
 algorithm = {algorithm}
+{f"workers = {workers}" if workers > 1 else ""}
 
 [health]
 path = /health

@@ -87,7 +87,7 @@ def _txlb_name(cell_id: str) -> str:
         return "txlb-tcp"
     if cell_id.startswith("6-"):
         return "txlb-1000"
-    if cell_id.startswith("9-"):
+    if cell_id.startswith("13-"):
         return "txlb-churn"
     return "txlb"
 
@@ -265,7 +265,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             cpu("6-selection", "txlb-3"),
         )
     )
-    churned = cells.get("9-churn")
+    churned = cells.get("13-churn")
     out.append(
         _target(
             "100 discovered backends, one swapped a second: CPU per request"
@@ -330,6 +330,10 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
     ratios = cell.get("ratios", {})
     mine = _txlb_name(cell_id)
     rows = []
+    if cell_id.startswith("14-"):
+        import workers
+
+        return [*out, *workers.markdown(cell), ""]
     if cell_id == "7-idle":
         header = [
             "peer",

@@ -42,6 +42,7 @@ import churn
 import load
 import peers
 import report
+import workers as workers_bench
 from peers import BALANCER_CPU, LOAD_CPU, ROOT, Context, Target
 from procs import BenchError, Processes, cpu_seconds, get_json, rss_bytes
 
@@ -54,7 +55,8 @@ SCENARIOS = {
     6: "selection cost: txlb with 1000 backends versus 3",
     7: "idle keep-alive client connections: resident memory",
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
-    9: "discovery: 100 backends from DNS, one swapped a second, vs 100 in lb.ini",
+    13: "discovery: 100 backends from DNS, one swapped a second, vs 100 in lb.ini",
+    14: "worker processes: workers = 1, 2 (--workers), direct, behind nginx, short",
 }
 
 # Seconds of one run of each cell, chosen so that a full run (3 runs of every
@@ -70,7 +72,10 @@ _SECONDS = {
     "6-selection": 3.0,
     "8-tcp-small": 3.0,
     "8-tcp-1mib": 2.0,
-    "9-churn": 3.0,
+    "13-churn": 3.0,
+    "14-keepalive": 3.0,
+    "14-nginx": 3.0,
+    "14-short": 3.0,
 }
 
 # Peers with no sensible place in a scenario.
@@ -91,6 +96,7 @@ class Settings:
     seconds: dict[str, float]  # one run of each cell
     slow_warmup: float  # scenarios 4 and 5
     idle_connections: int
+    workers: list[int]
     quick: bool
     full: bool
 
@@ -286,22 +292,24 @@ class Bench:
         sc = set(self.s.scenarios)
         small: list[int] = []
         many: list[int] = []
-        if sc & {1, 2, 3, 6, 7, 8}:
+        if sc & {1, 2, 3, 6, 7, 8, 14}:
             small = self.ctx.ports(3)
             many = self.ctx.ports(997) if 6 in sc else []
             _log(f"nginx backends on {len(small) + len(many)} ports (CPU 1)")
-            peers.start_nginx_backends(self.ctx, small + many)
+            self.backend_nginx = peers.start_nginx_backends(self.ctx, small + many)
         if sc & {1, 2, 3, 7}:
             self.http_group(small)
         if 8 in sc:
             self.tcp_group(small)
         if 6 in sc:
             self.selection_group(small, many)
+        if 14 in sc:
+            self.workers_group(small)
         if 4 in sc:
             self.hetero_group()
         if 5 in sc:
             self.failing_group()
-        if 9 in sc:
+        if 13 in sc:
             self.churn_group()
 
     def http_peers(self) -> list[str]:
@@ -555,10 +563,10 @@ class Bench:
             self.stop(targets)
 
     def churn_group(self) -> None:
-        """Scenario 9 (bench/churn.py): txlb only, discovered vs static."""
+        """Scenario 13 (bench/churn.py): txlb only, discovered vs static."""
         s = self.s
         if "txlb" not in s.peers:
-            _log("scenario 9 measures txlb only: skipped (txlb not in --peers)")
+            _log("scenario 13 measures txlb only: skipped (txlb not in --peers)")
             return
         (port,) = self.ctx.ports(1)
         backends = churn.start_backends(self.ctx, port)
@@ -580,18 +588,18 @@ class Bench:
                 targets.update(self.compared("txlb", [], **kw))
             pool.start_churn()
             self.cell(
-                "9-churn",
-                9,
+                "13-churn",
+                13,
                 "100 backends from DNS, one swapped a second, vs 100 in lb.ini",
                 "rps",
-                f"wrk -t1 -c64 -d{s.seconds['9-churn']:g}s, 16-byte body",
+                f"wrk -t1 -c64 -d{s.seconds['13-churn']:g}s, 16-byte body",
             )
             self.interleaved(
-                "9-churn", targets, self.wrk("/", 64), s.seconds["9-churn"], s.warmup
+                "13-churn", targets, self.wrk("/", 64), s.seconds["13-churn"], s.warmup
             )
-            self.results["cells"]["9-churn"]["swaps"] = pool.swaps
+            self.results["cells"]["13-churn"]["swaps"] = pool.swaps
         except BenchError as e:
-            self.fail("9-churn", "txlb", e)
+            self.fail("13-churn", "txlb", e)
         finally:
             if pool is not None:
                 pool.stop_churn()
@@ -599,6 +607,66 @@ class Bench:
             self.ctx.procs.stop(backends)
             if pool is not None:
                 self.ctx.procs.stop(pool.proc)
+
+    def workers_group(self, backends: list[int]) -> None:
+        """Scenario 14: see bench/workers.py."""
+        s = self.s
+        if "txlb" not in s.peers:
+            _log("scenario 14 measures txlb only: skipped (txlb not in --peers)")
+            return
+        targets: dict[str, Target] = {}
+        fronts: dict[str, Target] = {}
+        for n in s.workers:
+            name = f"txlb-w{n}"
+            _log(f"starting {name}")
+            t = self.start("txlb", backends, tag=f"-w{n}", txlb_workers=n, pinned=False)
+            if t is None:
+                continue
+            t.name = name
+            targets[name] = t
+            port = int(t.url.rsplit(":", 1)[1])
+            front = self.start("nginx", [port], tag=f"-front-w{n}")
+            if front is not None:
+                fronts[name] = front
+        nginx = self.backend_nginx.pid
+
+        def loaders(t: Target) -> list[int]:
+            front = fronts.get(t.name)
+            return [nginx] + ([front.pid] if front is not None and front.pid else [])
+
+        def via_front(t: Target, seconds: float) -> dict[str, Any]:
+            front = fronts[t.name]
+            return load.wrk(front.url + "/", 16, seconds, self.scripts[False], LOAD_CPU)
+
+        before, after = workers_bench.spread()
+        try:
+            runs = {
+                "14-keepalive": self.wrk("/", 64),
+                "14-nginx": via_front,
+                "14-short": self.ab(50),
+            }
+            for cell_id, run in runs.items():
+                title, how = workers_bench.CELLS[cell_id]
+                self.cell(
+                    cell_id, 14, title, "rps", f"{how}, -d{s.seconds[cell_id]:g}s"
+                )
+                chosen = (
+                    targets
+                    if cell_id != "14-nginx"
+                    else {k: v for k, v in targets.items() if k in fronts}
+                )
+                self.interleaved(
+                    cell_id,
+                    chosen,
+                    workers_bench.with_load_cpu(run, loaders),
+                    s.seconds[cell_id],
+                    max(1.0, s.warmup),
+                    before=before,
+                    after=after,
+                )
+        finally:
+            self.stop(fronts)
+            self.stop(targets)
 
     def demo_stats(self, ports: list[int]) -> list[dict[str, Any]]:
         return [
@@ -883,6 +951,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         " every txlb cell, as peer txlb@REV: an A/B in one sitting (the same"
         " revision as --txlb measures the A/A noise)",
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts scenario 14 compares (default 1,2; e.g. 1,2,4,8)",
+    )
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
@@ -907,6 +980,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         parser.error(f"--peers: unknown {bad_peers[0]!r}; known: {', '.join(known)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        workers = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--workers: not a list of numbers: {args.workers!r}")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: counts of 1 or more")
     quick = args.quick
     d = args.duration
     s = Settings(
@@ -919,6 +998,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         },
         slow_warmup=1.0 if quick else 2.0,
         idle_connections=args.idle_connections,
+        workers=workers,
         quick=quick,
         full=(
             args.scenarios == "all"

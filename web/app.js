@@ -284,7 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
-    // Other panels (discovery.js) follow the same snapshots.
+    // Panels in their own files (discovery.js, workers.js ...) draw from the
+    // same snapshot.
     document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 
