@@ -68,7 +68,8 @@ INI
 install_txlb() {
     log "installing txlb from $SRC into $PREFIX"
     [ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
-    "$PREFIX/bin/pip" install --quiet --no-cache-dir --upgrade "$SRC"
+    # The ec2 extra: boto3, for [discovery:app] type = ec2.
+    "$PREFIX/bin/pip" install --quiet --no-cache-dir --upgrade "${SRC}[ec2]"
     install -m 0644 "$SRC/systemd/txlb.service" "$SRC/systemd/txlb.socket" \
         "$SRC/systemd/txlb-backend@.service" /etc/systemd/system/
     systemctl daemon-reload

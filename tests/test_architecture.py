@@ -18,6 +18,7 @@ from txlb.config import (
     OutlierConfig,
     txlb_keys,
 )
+from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config
 from txlb.schema import keys_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,8 @@ def declared_keys() -> dict[str, str]:
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
     keys.update({name: f"[fleet] {name}" for name in keys_of(FleetConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
+    for cls in (CommonConfig, DNSConfig, EC2Config):
+        keys.update({name: f"[discovery:NAME] {name}" for name in keys_of(cls)})
     return keys
 
 
@@ -119,7 +122,13 @@ def attributes_read(path: Path) -> set[str]:
 
 # Where keys are declared and parsed, and the reload, which compares every
 # key by name: none of them is a reader.
-_NOT_READERS = {"txlb.config", "txlb.schema", "txlb.settings", "txlb.lifecycle.reload"}
+_NOT_READERS = {
+    "txlb.config",
+    "txlb.schema",
+    "txlb.settings",
+    "txlb.lifecycle.reload",
+    "txlb.discovery.config",
+}
 
 
 class ArchitectureTests(SynchronousTestCase):

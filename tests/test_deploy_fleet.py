@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.test_deploy_artifacts import SSH_CIDR, rules, tool
-from txlb.config import ConfigError, parse
+from txlb.config import parse
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "aws" / "txlb-fleet.yaml"
@@ -419,24 +419,12 @@ def test_lb_ini() -> None:
     grace that outlasts the NLB's two failed checks, grace and drain within
     systemd's stop timeout.
     """
-    text = fleet_lb_ini()
-    try:
-        config = parse(text, "lb.ini")
-    except ConfigError as e:
-        # Before discovery sections exist (issue 13): the rest must parse.
-        assert e.section == "discovery:app", e
-        assert str(e).endswith("unknown section; allowed: [txlb], [health],"
-                               " [outlier], [fleet], [backend:NAME]"), e  # fmt: skip
-        head, _, discovery = text.partition("[discovery:app]\n")
-        keys = dict(line.split(" = ") for line in discovery.splitlines() if line)
-        assert keys == {
-            "type": "ec2",
-            "region": REGION,
-            "asg": "fleet-web",
-            "port": "9001",
-            "interval": "15s",
-        }
-        config = parse(head + "[backend:stand-in]\naddress = 10.43.1.10:9001\n")
+    config = parse(fleet_lb_ini(), "lb.ini")
+    (app,) = config.discoveries
+    assert (app.name, app.common.type, app.common.port) == ("app", "ec2", 9001)
+    assert app.ec2 is not None
+    assert (app.ec2.region, app.ec2.asg, app.ec2.interval) == (REGION, "fleet-web", 15)
+    assert config.backends == ()
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
     assert config.stats_listen == "tcp:9000:interface=127.0.0.1"
     site = SITE.read_text()

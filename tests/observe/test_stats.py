@@ -130,12 +130,14 @@ class StatsTests(SynchronousTestCase):
                 "uptime",
                 "window_seconds",
                 "clients",
+                "discovery",
                 "backends",
                 "fleet",
                 "totals",
             },
         )
         self.assertEqual(snapshot["clients"], {})  # no front end wired
+        self.assertEqual(snapshot["discovery"], [])  # no discovery wired
         self.assertIsNone(snapshot["fleet"])  # no [fleet]
         stats.fleet = lambda: {"node": "lb-a", "status": "sharing"}
         self.assertEqual(stats.snapshot()["fleet"]["node"], "lb-a")
@@ -147,6 +149,7 @@ class StatsTests(SynchronousTestCase):
                 "name",
                 "address",
                 "source",
+                "priority",
                 "healthy",
                 "state",
                 "draining",
