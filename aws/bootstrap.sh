@@ -34,6 +34,9 @@ lb_ini_head() {
 ; Written by aws/bootstrap.sh: txlb behind nginx on this instance.
 [txlb]
 listen = tcp:8080:interface=127.0.0.1
+; One worker process per CPU (a t3.micro has two), together one balancer:
+; README's "Worker processes".  The unit's KillMode=mixed lets it drain them.
+workers = auto
 ; nginx, on this machine, sets X-Forwarded-For; nobody else is believed.
 trusted_proxies = 127.0.0.1
 access_log = /var/log/txlb/access.log

@@ -683,6 +683,9 @@ def test_bootstrap_lb_ini() -> None:
         ("web2", "10.42.1.5:9001"),
     ]
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    # One worker per CPU (auto); the unit lets the supervisor drain them.
+    assert config.workers == len(os.sched_getaffinity(0))
+    assert "KillMode=mixed" in (REPO / "systemd" / "txlb.service").read_text()
     assert "server 127.0.0.1:8080;" in (REPO / "nginx" / "txlb.conf").read_text()
     assert [str(n) for n in config.proxy.trusted_proxies] == ["127.0.0.1/32"]
     empty = subprocess.run(
