@@ -8,22 +8,29 @@ moves the winner's C{vtime} on by C{1/weight}), the panic mode (too few
 healthy backends: balance over all of them, as Envoy does) and the decision
 log.  It is the registry's: the registry says which backends are in
 rotation, and counts each pick on the backend here.
+
+A policy that chooses from the rotation itself (p2c, hash: a
+L{txlb.core.policies.Chooser}) is driven by a L{ChoosingSelector}, which
+passes it the request's key and tells it of every change of the rotation;
+the other policies' picks take no step more for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txlb.config import BalancingConfig
+from txlb.core.algorithms import POLICIES, policy_for
 from txlb.core.backend import Backend
 from txlb.core.decisions import DecisionLog
 from txlb.core.index import LoadIndex
-from txlb.core.policies import Policy, policy_for
+from txlb.core.policies import Chooser, Policy
 
-__all__ = ["INDEX_ABOVE", "Selector"]
+__all__ = ["INDEX_ABOVE", "ChoosingSelector", "Selector", "selector_for"]
 
 INDEX_ABOVE = 16
 """Above this many backends in rotation, selection uses a heap (O(log n))."""
@@ -37,14 +44,30 @@ class Selector:
     @ivar indexed: whether picks use the heap (then C{index} is kept exact).
     @ivar limited: how many backends have a C{max_connections} (the scan
         filters full backends only when some have).
+    @ivar members: the backends in rotation, as a set.
+    @ivar counts_load: each lease must tell the policy when it ends
+        (L{txlb.core.registry.CountedLease}).
     """
 
     log = Logger()
+    counts_load = False
 
-    def __init__(self, balancing: BalancingConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        balancing: BalancingConfig,
+        clock: IReactorTime,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        """@param random: p2c's source of floats in [0, 1)."""
         self._clock = clock
         self.algorithm = balancing.algorithm
-        self.policy: Policy = policy_for(balancing.algorithm, balancing.ewma_decay)
+        self.policy: Policy = policy_for(
+            balancing.algorithm,
+            balancing.ewma_decay,
+            random,
+            balancing.hash_balance_factor,
+            str(balancing.hash_key),
+        )
         cost = self.policy.cost
         self.index: LoadIndex[Backend] | None = (
             LoadIndex(lambda b: (cost(b), b.vtime, b.order), _has_room)
@@ -54,6 +77,7 @@ class Selector:
         self.indexed = False
         self.latency_aware = self.policy.needs_latency
         self.available: list[Backend] = []
+        self.members: set[Backend] = set()
         self._panic_threshold = balancing.panic_threshold
         self.panic = False
         self.vclock = 0.0
@@ -61,10 +85,14 @@ class Selector:
         self.limited = 0
         self.decisions = DecisionLog(self.policy)
 
-    def pick(self, exclude: Container[Backend] = ()) -> Backend | None:
+    def pick(
+        self, exclude: Container[Backend] = (), key: bytes | None = None
+    ) -> Backend | None:
         """
         The backend the policy picks among those in rotation, not full and
         not in C{exclude}, counted as one more request on it; or L{None}.
+
+        @param key: the request's key (C{hash_key}); only hash reads it.
         """
         if self.indexed:
             return self._pick_indexed(exclude)
@@ -94,19 +122,41 @@ class Selector:
         candidates = [b for b in self.available if b not in exclude and not b.full]
         return self._chosen(backend, candidates, candidates.index(backend), exclude)
 
+    def take(
+        self,
+        backend: Backend,
+        exclude: Container[Backend] = (),
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """
+        Count one more request on C{backend}, chosen by other means (a
+        sticky session's cookie), if it is in rotation, not full and not in
+        C{exclude}.
+
+        @param detail: what the decision log says of it.
+        @return: whether it was taken.
+        """
+        if backend not in self.members or backend.full:
+            return False
+        if exclude and backend in exclude:
+            return False
+        self._chosen(backend, (backend,), 0, exclude, detail)
+        return True
+
     def _chosen(
         self,
         backend: Backend,
         candidates: Sequence[Backend],
         index: int,
         exclude: Container[Backend],
+        detail: dict[str, Any] | None = None,
     ) -> Backend:
         self.picks += 1
         decisions = self.decisions
         now = self._clock.seconds()
         if now >= decisions.next_due and candidates:
             # Sampled (at most DecisionLog.rate per second): O(1) otherwise.
-            decisions.record(now, self.picks, candidates, index, exclude)
+            decisions.record(now, self.picks, candidates, index, exclude, detail)
         start = max(self.vclock, backend.vtime)
         self.vclock = start
         backend.vtime = start + 1.0 / backend.weight
@@ -148,6 +198,7 @@ class Selector:
                 threshold=self._panic_threshold,
             )
         self.available = eligible if panic else available
+        self.members = set(self.available)
         index = self.index
         self.indexed = index is not None and len(self.available) > INDEX_ABOVE
         if self.indexed:
@@ -161,3 +212,64 @@ class Selector:
 
 def _has_room(backend: Backend) -> bool:
     return not backend.full
+
+
+class ChoosingSelector(Selector):
+    """
+    The selector of a policy that chooses from the rotation itself (a
+    L{Chooser}: p2c, hash): it passes the policy the rotation, the request's
+    key and whether some backend may be full, and tells it of each change
+    of the rotation, of each weight and of each pick.
+    """
+
+    def __init__(
+        self,
+        balancing: BalancingConfig,
+        clock: IReactorTime,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(balancing, clock, random)
+        self.chooser = cast(Chooser, self.policy)
+        self.counts_load = self.chooser.counts_load
+
+    def pick(
+        self, exclude: Container[Backend] = (), key: bytes | None = None
+    ) -> Backend | None:
+        chooser = self.chooser
+        backend = chooser.choose(self.available, exclude, key, self.limited > 0)
+        if backend is None:
+            return None
+        if self._clock.seconds() < self.decisions.next_due:
+            return self._chosen(backend, (), 0, exclude)
+        candidates, index, detail = chooser.explained()
+        return self._chosen(backend, candidates, index, exclude, detail)
+
+    def _chosen(
+        self,
+        backend: Backend,
+        candidates: Sequence[Backend],
+        index: int,
+        exclude: Container[Backend],
+        detail: dict[str, Any] | None = None,
+    ) -> Backend:
+        self.chooser.picked(backend)
+        return super()._chosen(backend, candidates, index, exclude, detail)
+
+    def rotate(self, backends: Sequence[Backend]) -> None:
+        super().rotate(backends)
+        self.chooser.rotated(self.available)
+
+    def touch(self, backend: Backend) -> None:
+        super().touch(backend)
+        self.chooser.touched(backend)
+
+
+def selector_for(
+    balancing: BalancingConfig,
+    clock: IReactorTime,
+    random: Callable[[], float] | None = None,
+) -> Selector:
+    """The selector of C{balancing}'s algorithm."""
+    if POLICIES[balancing.algorithm].chooses:
+        return ChoosingSelector(balancing, clock, random)
+    return Selector(balancing, clock, random)
