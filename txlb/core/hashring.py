@@ -168,6 +168,8 @@ class ConsistentHash:
         self.factor = factor
         self.key_name = key_name
         self.ring: Ring[Any] = Ring()
+        # Each backend's part of the ring (of the keys), by name.
+        self.key_shares: dict[str, float] = {}
         self.members: set[Any] = set()
         self.load = 0
         self.others = 0
@@ -196,6 +198,7 @@ class ConsistentHash:
         members = [(b, b.name, b.configured_weight) for b in rotation]
         if tuple((name, w) for _, name, w in members) != self.ring.signature:
             self.ring.build(members)
+            self.key_shares = {b.name: share for b, share in self.ring.shares().items()}
         self.members = set(rotation)
         self.load = sum(b.active for b in rotation)
         self.others = sum(b.others for b in rotation)

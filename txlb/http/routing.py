@@ -1,6 +1,8 @@
 """
 Where the front end's requests go: the stats app's paths (when it shares the
-proxy's port) to the stats app, everything else to a backend.
+proxy's port) to the stats app, everything else to a backend; with
+C{[ratelimit]}, a request over its client's limit to a 429 instead
+(L{LimitedRouter}: the stats app's paths are never limited).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from txlb.config import ClientConfig
+from txlb.http.affinity import AffinityExchange
 from txlb.http.exchange import Exchange
 from txlb.http.frontend import HTTPFrontendFactory
+from txlb.http.keys import client_ip
+from txlb.http.limit import TooManyRequests
 from txlb.http.proxy import HTTPProxy
 from txlb.http.request import ClientRequest
 from txlb.http.webbridge import StatsCall
 
-__all__ = ["RESERVED", "Router", "front_end"]
+__all__ = ["RESERVED", "LimitedRouter", "Router", "front_end"]
 
 RESERVED = (b"/api/", b"/dashboard", b"/metrics")
 """Paths the stats app answers when it shares the proxy's port."""
@@ -39,6 +44,10 @@ class Router:
         self.proxy = proxy
         self.site = Site(stats, reactor=clock) if stats is not None else None
         self._reserve = reserve and stats is not None
+        # The plain exchange unless the backend may follow the request.
+        self.exchange: type[Exchange] = Exchange
+        if proxy is not None and (proxy.key_of or proxy.sticky):
+            self.exchange = AffinityExchange
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""
@@ -53,9 +62,31 @@ class Router:
                 call.start()
             return
         assert proxy is not None
-        exchange = Exchange(proxy, request)
+        exchange = self.exchange(proxy, request)
         request.handler = exchange
         exchange.begin()
+
+
+class LimitedRouter(Router):
+    """
+    A L{Router} that first asks the rate limit of every request it would
+    send to a backend.  A request without the header C{[ratelimit] key}
+    names is counted by its client's address, so that leaving the header
+    out escapes nothing.
+    """
+
+    def __call__(self, request: ClientRequest) -> None:
+        proxy = self.proxy
+        if proxy is not None and not self.reserved(request.uri):
+            key_of = proxy.limit_key_of
+            limiter = proxy.limiter
+            assert key_of is not None and limiter is not None
+            key = key_of(request) or client_ip(request, proxy.trusted_proxies)
+            retry_after = limiter.check(key)
+            if retry_after is not None:
+                TooManyRequests(request, retry_after).start()
+                return
+        super().__call__(request)
 
 
 def front_end(
@@ -72,4 +103,6 @@ def front_end(
         C{/metrics} when C{reserve} (it shares the proxy's port), or every
         path when there is no C{proxy}.
     """
-    return HTTPFrontendFactory(limits, clock, Router(proxy, stats, clock, reserve))
+    limited = proxy is not None and proxy.limiter is not None
+    router = (LimitedRouter if limited else Router)(proxy, stats, clock, reserve)
+    return HTTPFrontendFactory(limits, clock, router)

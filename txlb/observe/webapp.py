@@ -147,6 +147,7 @@ class StatsApp:
                 "picks": registry.picks,
                 "sampled_per_second_max": DECISION_RATE,
                 "decisions": registry.decisions.describe(limit),
+                **registry.decisions.extras(),
             },
         )
 
