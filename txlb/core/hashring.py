@@ -86,7 +86,8 @@ class Ring(Generic[Owner]):
     @ivar owners: the owner of each point.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_points: int = MAX_POINTS) -> None:
+        self.max_points = max_points
         self.points: list[int] = []
         self.owners: list[Owner] = []
         self._cache: dict[str, tuple[int, list[int]]] = {}
@@ -96,12 +97,12 @@ class Ring(Generic[Owner]):
         """
         Place exactly C{members}: (owner, name, weight), C{POINTS} points
         per unit of weight (at least one each), halved as often as it takes
-        to keep the ring within L{MAX_POINTS}.
+        to keep the ring within C{max_points} (L{MAX_POINTS}).
         """
         members = list(members)
         total = sum(POINTS * w for _, _, w in members)
         scale = 1
-        while total / scale > MAX_POINTS:
+        while total / scale > self.max_points:
             scale *= 2
         cache = self._cache
         pairs: list[tuple[int, Owner]] = []

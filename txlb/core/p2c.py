@@ -66,7 +66,7 @@ class PowerOfTwoChoices:
                 if i != first and _usable(b, exclude, limited)
             ]
             if not usable:
-                self._last = (rotation[first], None, n, True)
+                self._last = (rotation[first], None, n, True, 0)
                 return rotation[first]
             second = usable[int(self._random() * len(usable))]
         winner: C = self._duel(rotation[first], rotation[second], n, False)
@@ -101,7 +101,7 @@ class PowerOfTwoChoices:
             self._last = ()
             return None
         if len(usable) == 1:
-            self._last = (usable[0], None, len(rotation), True)
+            self._last = (usable[0], None, len(rotation), True, 0)
             return usable[0]
         index = self.pick(usable)
         return usable[index]
@@ -110,7 +110,7 @@ class PowerOfTwoChoices:
         """Two distinct candidates at random; the less loaded one's index."""
         n = len(candidates)
         if n == 1:
-            self._last = (candidates[0], None, 1, True)
+            self._last = (candidates[0], None, 1, True, 0)
             return 0
         random = self._random
         i = int(random() * n)
@@ -122,21 +122,13 @@ class PowerOfTwoChoices:
     def _duel(self, a: Any, b: Any, pool: int, scanned: bool) -> Any:
         cost = self.cost
         ca, cb = cost(a), cost(b)
-        winner = a if ca < cb or (ca == cb and a.vtime <= b.vtime) else b
-        self._last = (a, b, pool, scanned)
-        return winner
+        first = ca < cb or (ca == cb and a.vtime <= b.vtime)
+        self._last = (a, b, pool, scanned, 0 if first else 1)
+        return a if first else b
 
     def explained(self) -> tuple[Sequence[Any], int, dict[str, Any]]:
-        a, b, pool, scanned = self._last
+        a, b, pool, scanned, winner = self._last
         drawn = [a] if b is None else [a, b]
-        cost = self.cost
-        winner = (
-            0
-            if b is None
-            or cost(a) < cost(b)
-            or (cost(a) == cost(b) and a.vtime <= b.vtime)
-            else 1
-        )
         return drawn, winner, {"pool": pool, "scanned": scanned}
 
     def explain(
