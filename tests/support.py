@@ -51,9 +51,9 @@ def config(
 class Client:
     """One client connection accepted by the proxy."""
 
-    def __init__(self, factory: Factory) -> None:
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
-        self.transport = FakeTCP()
+    def __init__(self, factory: Factory, peer: str = "192.0.2.7") -> None:
+        self.proto = factory.buildProtocol(IPv4Address("TCP", peer, 4000))
+        self.transport = FakeTCP(peer=(peer, 4000))
         self.transport.protocol = self.proto
         self.proto.makeConnection(self.transport)
 
@@ -133,8 +133,8 @@ class Harness:
         self.observed.append((backend.name, status))
         self.seconds.append(seconds)
 
-    def client(self) -> Client:
-        return Client(self.factory)
+    def client(self, peer: str = "192.0.2.7") -> Client:
+        return Client(self.factory, peer)
 
     def connects(self) -> list[tuple[str, int, float]]:
         """The pending backend connection attempts: host, port, timeout."""
