@@ -55,6 +55,14 @@ class PowerOfTwoChoices:
         limited: bool,
     ) -> C | None:
         n = len(rotation)
+        if n > 1 and not exclude and not limited:
+            # Every backend is usable: two draws, nothing to check.
+            random = self._random
+            i = int(random() * n)
+            j = int(random() * (n - 1))
+            j += j >= i
+            winner: C = self._duel(rotation[i], rotation[j], n, False)
+            return winner
         first = self._draw(rotation, n, exclude, limited, -1)
         if first < 0:
             return self._scan(rotation, exclude, limited)
@@ -69,8 +77,8 @@ class PowerOfTwoChoices:
                 self._last = (rotation[first], None, n, True, 0)
                 return rotation[first]
             second = usable[int(self._random() * len(usable))]
-        winner: C = self._duel(rotation[first], rotation[second], n, False)
-        return winner
+        chosen: C = self._duel(rotation[first], rotation[second], n, False)
+        return chosen
 
     def _draw(
         self,

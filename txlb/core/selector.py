@@ -30,7 +30,13 @@ from txlb.core.decisions import DecisionLog
 from txlb.core.index import LoadIndex
 from txlb.core.policies import Chooser, Policy
 
-__all__ = ["INDEX_ABOVE", "ChoosingSelector", "Selector", "selector_for"]
+__all__ = [
+    "INDEX_ABOVE",
+    "ChoosingSelector",
+    "CountingSelector",
+    "Selector",
+    "selector_for",
+]
 
 INDEX_ABOVE = 16
 """Above this many backends in rotation, selection uses a heap (O(log n))."""
@@ -219,7 +225,7 @@ class ChoosingSelector(Selector):
     The selector of a policy that chooses from the rotation itself (a
     L{Chooser}: p2c, hash): it passes the policy the rotation, the request's
     key and whether some backend may be full, and tells it of each change
-    of the rotation, of each weight and of each pick.
+    of the rotation and of each weight.
     """
 
     def __init__(
@@ -244,6 +250,18 @@ class ChoosingSelector(Selector):
         candidates, index, detail = chooser.explained()
         return self._chosen(backend, candidates, index, exclude, detail)
 
+    def rotate(self, backends: Sequence[Backend]) -> None:
+        super().rotate(backends)
+        self.chooser.rotated(self.available)
+
+    def touch(self, backend: Backend) -> None:
+        super().touch(backend)
+        self.chooser.touched(backend)
+
+
+class CountingSelector(ChoosingSelector):
+    """A L{ChoosingSelector} whose policy counts the load (hash): told of each pick."""
+
     def _chosen(
         self,
         backend: Backend,
@@ -255,14 +273,6 @@ class ChoosingSelector(Selector):
         self.chooser.picked(backend)
         return super()._chosen(backend, candidates, index, exclude, detail)
 
-    def rotate(self, backends: Sequence[Backend]) -> None:
-        super().rotate(backends)
-        self.chooser.rotated(self.available)
-
-    def touch(self, backend: Backend) -> None:
-        super().touch(backend)
-        self.chooser.touched(backend)
-
 
 def selector_for(
     balancing: BalancingConfig,
@@ -270,6 +280,9 @@ def selector_for(
     random: Callable[[], float] | None = None,
 ) -> Selector:
     """The selector of C{balancing}'s algorithm."""
-    if POLICIES[balancing.algorithm].chooses:
+    policy = POLICIES[balancing.algorithm]
+    if getattr(policy, "counts_load", False):
+        return CountingSelector(balancing, clock, random)
+    if policy.chooses:
         return ChoosingSelector(balancing, clock, random)
     return Selector(balancing, clock, random)
