@@ -284,6 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
+    // For the other panels (affinity.js), each in its own file.
+    document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 
   function updateHeader(snap) {

@@ -107,3 +107,29 @@ class FeaturesTests(SynchronousTestCase):
         self.assertNotIn(b"txlb_sticky", text)
         self.assertNotIn(b"txlb_ratelimit", text)
         self.assertNotIn(b"key_share", text)
+
+
+class DashboardFileTests(SynchronousTestCase):
+    def test_affinity_panel_is_text_only_and_loaded(self) -> None:
+        """affinity.js is loaded by index.html, never parses strings as HTML
+        or code, and fetches nothing from another origin."""
+        from txlb.observe.assets import find_web_root
+
+        root = find_web_root()
+        self.assertIn(
+            '<script src="affinity.js" defer></script>',
+            (root / "index.html").read_text(),
+        )
+        script = (root / "affinity.js").read_text("utf-8")
+        for risky in (
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+        ):
+            self.assertNotIn(risky, script)
+        self.assertNotRegex(script, r"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//")
+        self.assertIn('addEventListener("txlb:snapshot"', script)
+        self.assertIn('new CustomEvent("txlb:snapshot"', (root / "app.js").read_text())
