@@ -11,7 +11,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txlb.config import BackendConfig, HealthConfig, OutlierConfig, txlb_keys
+from txlb.config import (
+    BackendConfig,
+    HealthConfig,
+    OutlierConfig,
+    RateLimitConfig,
+    txlb_keys,
+)
 from txlb.schema import keys_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +102,7 @@ def declared_keys() -> dict[str, str]:
     keys = {name: f"[txlb] {name}" for name in txlb_keys()}
     keys.update({name: f"[health] {name}" for name in keys_of(HealthConfig)})
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
+    keys.update({name: f"[ratelimit] {name}" for name in keys_of(RateLimitConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
     return keys
 

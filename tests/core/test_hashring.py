@@ -336,3 +336,22 @@ class BoundProperties(SynchronousTestCase):
             b = lease.backend
             exact = Fraction(factor) * load * int(b.weight) / total_weight
             self.assertLessEqual(b.active, math.ceil(exact))
+
+
+class LookupTests(SynchronousTestCase):
+    @settings(max_examples=30, deadline=None)
+    @given(st.integers(1, 40), st.lists(st.integers(0, 2**64 - 1), max_size=200))
+    def test_bucket_lookup_is_a_plain_bisect(
+        self, n: int, positions: list[int]
+    ) -> None:
+        """The bucketed look-up finds the point a bisect of the whole ring does,
+        at the ring's edges and at the points themselves too."""
+        from bisect import bisect_right
+
+        ring: Ring[str] = Ring()
+        ring.build([(f"b{i}", f"b{i}", 1.0 + i % 3) for i in range(n)])
+        points = ring.points
+        edges = [0, 2**64 - 1, points[0], points[-1], points[len(points) // 2]]
+        for at in [*positions, *edges, *(p & ~0xFFFF for p in edges)]:
+            expected = bisect_right(points, at | 0xFFFF)
+            self.assertEqual(ring.index(at), expected if expected < len(points) else 0)

@@ -91,9 +91,9 @@ class Ring(Generic[Owner]):
     Each point is kept as one 64-bit number: the top 48 bits of its
     position, and its owner's number in the low 16 bits.  So the ring is
     one sorted array of machine words, built by one sort (of one sorted run
-    per owner, merged in C), searched by C{bisect} and compact in memory (a
-    look-up at 1000 backends touches a few cache lines, not 17 scattered
-    int objects).
+    per owner, merged in C) and compact in memory.  A look-up reads the
+    bucket of its top bits (about one point per bucket) and bisects that
+    bucket only: a few reads, whatever the ring's size.
 
     @ivar points: the encoded points, ascending.
     @ivar members: the owners, by number.
@@ -103,6 +103,10 @@ class Ring(Generic[Owner]):
         self.max_points = max_points
         self.points: array[int] = array("Q")
         self.members: list[Owner] = []
+        # starts[b]: the first point whose top bits are b or more, so that a
+        # look-up searches one bucket (a few points) of the array.
+        self._starts: array[int] = array("I", [0, 0])
+        self._shift = 63
         self._cache: dict[str, tuple[int, list[int]]] = {}
         self.signature: tuple[tuple[str, float], ...] = ()
 
@@ -130,16 +134,33 @@ class Ring(Generic[Owner]):
             points.extend([p | slot for p in cached[1]])
         points.sort()
         self.points = array("Q", points)
+        self._index(points)
         self.members = [owner for owner, _, _ in members]
         names = {name for _, name, _ in members}
         for gone in [n for n in cache if n not in names]:
             del cache[gone]
         self.signature = tuple((name, weight) for _, name, weight in members)
 
+    def _index(self, points: list[int]) -> None:
+        """About one bucket per point (at most 2**16): each point's top bits."""
+        bits = min(16, max(1, len(points).bit_length()))
+        shift = 64 - bits
+        starts = [0] * ((1 << bits) + 1)
+        for point in points:
+            starts[(point >> shift) + 1] += 1
+        total = 0
+        for b, n in enumerate(starts):
+            total += n
+            starts[b] = total
+        self._shift = shift
+        self._starts = array("I", starts)
+
     def index(self, at: int) -> int:
-        """The point that owns position C{at}: the first at or after it."""
+        """The point that owns position C{at}: the first after it."""
         points = self.points
-        i = bisect_right(points, at | _SLOT)
+        bucket = at >> self._shift
+        starts = self._starts
+        i = bisect_right(points, at | _SLOT, starts[bucket], starts[bucket + 1])
         return i if i < len(points) else 0
 
     def owner_at(self, i: int) -> Owner:
