@@ -1,7 +1,7 @@
 """
 CPU time per pick, for each algorithm, at 3 and 1000 backends: a
 micro-benchmark of txlb's selection alone (no sockets), run by
-C{bench/run.py} as scenario 9 or on its own:
+C{bench/run.py} in scenario 15 (cell 15-picks) or on its own:
 
   python bench/picks.py                     # every algorithm, 3 and 1000 backends
   python bench/picks.py --seconds 0.5 --algorithms p2c,hash

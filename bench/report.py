@@ -86,7 +86,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _txlb_name(cell_id: str) -> str:
     if cell_id.startswith("8-"):
         return "txlb-tcp"
-    if cell_id.startswith("10-"):
+    if cell_id == "15-hash":
         return "txlb-hash"
     if cell_id.startswith("6-"):
         return "txlb-1000"
@@ -317,6 +317,10 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
     ratios = cell.get("ratios", {})
     mine = _txlb_name(cell_id)
     rows = []
+    if cell_id.startswith("14-"):
+        import workers
+
+        return [*out, *workers.markdown(cell), ""]
     if cell_id == "7-idle":
         header = [
             "peer",
@@ -345,7 +349,7 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
                 ]
             )
         return [*out, *_table(header, rows), ""]
-    if cell_id == "9-picks":
+    if cell_id == "15-picks":
         return [*out, *_picks_table(cell), ""]
     if cell_id == "1-c1":
         header = ["peer", "p50", "p90", "p99", "added p50 vs direct", "req/s"]
@@ -455,7 +459,7 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
 
 
 def _picks_table(cell: dict[str, Any]) -> list[str]:
-    """Scenario 9: µs of CPU per pick, a row per algorithm (and compared tree)."""
+    """Scenario 15: µs of CPU per pick, a row per algorithm (and compared tree)."""
     found: dict[str, dict[str, float | None]] = {}
     for peer, data in cell["peers"].items():
         name, _, label = peer.partition("@")
@@ -608,8 +612,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ("8-tcp-small", "TCP mode, small, c=64", "rps", 1e3, "k req/s"),
             ("8-tcp-1mib", "TCP mode, 1 MiB, c=16", "bytes_per_s", 1e9, "GB/s"),
             ("6-selection", "txlb: 3 vs 1000 backends", "rps", 1e3, "k req/s"),
-            ("10-hash", "hash of X-User, c=64", "rps", 1e3, "k req/s"),
-            ("9-picks", "txlb: CPU per pick", "us_per_pick", 1, "µs"),
+            ("15-hash", "hash of X-User, c=64", "rps", 1e3, "k req/s"),
+            ("15-picks", "txlb: CPU per pick", "us_per_pick", 1, "µs"),
             ("7-idle", "idle connections: RSS held", "rss_held_mib", 1, "MiB"),
         )
         if cid in cells

@@ -41,6 +41,7 @@ from typing import Any
 import load
 import peers
 import report
+import workers as workers_bench
 from peers import BALANCER_CPU, LOAD_CPU, ROOT, Context, Target
 from procs import BenchError, Processes, cpu_seconds, get_json, rss_bytes
 
@@ -53,8 +54,9 @@ SCENARIOS = {
     6: "selection cost: txlb with 1000 backends versus 3",
     7: "idle keep-alive client connections: resident memory",
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
-    9: "CPU per pick: each algorithm at 3 and 1000 backends (no sockets)",
-    10: "hash_key = header:X-User, 10,000 users, through the real proxy",
+    14: "worker processes: workers = 1, 2 (--workers), direct, behind nginx, short",
+    15: "algorithms: CPU per pick of each at 3 and 1000 backends (no sockets);"
+    " hash_key = header:X-User, 10,000 users, through the real proxy",
 }
 
 # Seconds of one run of each cell, chosen so that a full run (3 runs of every
@@ -70,8 +72,11 @@ _SECONDS = {
     "6-selection": 3.0,
     "8-tcp-small": 3.0,
     "8-tcp-1mib": 2.0,
-    "9-picks": 0.5,  # CPU seconds per algorithm and pool size
-    "10-hash": 3.0,
+    "14-keepalive": 3.0,
+    "14-nginx": 3.0,
+    "14-short": 3.0,
+    "15-picks": 0.5,  # CPU seconds per algorithm and pool size
+    "15-hash": 3.0,
 }
 
 # Peers with no sensible place in a scenario.
@@ -92,6 +97,7 @@ class Settings:
     seconds: dict[str, float]  # one run of each cell
     slow_warmup: float  # scenarios 4 and 5
     idle_connections: int
+    workers: list[int]
     quick: bool
     full: bool
 
@@ -287,24 +293,25 @@ class Bench:
         sc = set(self.s.scenarios)
         small: list[int] = []
         many: list[int] = []
-        if sc & {1, 2, 3, 6, 7, 8, 10}:
+        if sc & {1, 2, 3, 6, 7, 8, 14, 15}:
             small = self.ctx.ports(3)
             many = self.ctx.ports(997) if 6 in sc else []
             _log(f"nginx backends on {len(small) + len(many)} ports (CPU 1)")
-            peers.start_nginx_backends(self.ctx, small + many)
+            self.backend_nginx = peers.start_nginx_backends(self.ctx, small + many)
         if sc & {1, 2, 3, 7}:
             self.http_group(small)
         if 8 in sc:
             self.tcp_group(small)
         if 6 in sc:
             self.selection_group(small, many)
+        if 14 in sc:
+            self.workers_group(small)
         if 4 in sc:
             self.hetero_group()
         if 5 in sc:
             self.failing_group()
-        if 9 in sc:
+        if 15 in sc:
             self.picks_group()
-        if 10 in sc:
             self.hash_group(small)
 
     def http_peers(self) -> list[str]:
@@ -557,6 +564,66 @@ class Bench:
         finally:
             self.stop(targets)
 
+    def workers_group(self, backends: list[int]) -> None:
+        """Scenario 14: see bench/workers.py."""
+        s = self.s
+        if "txlb" not in s.peers:
+            _log("scenario 14 measures txlb only: skipped (txlb not in --peers)")
+            return
+        targets: dict[str, Target] = {}
+        fronts: dict[str, Target] = {}
+        for n in s.workers:
+            name = f"txlb-w{n}"
+            _log(f"starting {name}")
+            t = self.start("txlb", backends, tag=f"-w{n}", txlb_workers=n, pinned=False)
+            if t is None:
+                continue
+            t.name = name
+            targets[name] = t
+            port = int(t.url.rsplit(":", 1)[1])
+            front = self.start("nginx", [port], tag=f"-front-w{n}")
+            if front is not None:
+                fronts[name] = front
+        nginx = self.backend_nginx.pid
+
+        def loaders(t: Target) -> list[int]:
+            front = fronts.get(t.name)
+            return [nginx] + ([front.pid] if front is not None and front.pid else [])
+
+        def via_front(t: Target, seconds: float) -> dict[str, Any]:
+            front = fronts[t.name]
+            return load.wrk(front.url + "/", 16, seconds, self.scripts[False], LOAD_CPU)
+
+        before, after = workers_bench.spread()
+        try:
+            runs = {
+                "14-keepalive": self.wrk("/", 64),
+                "14-nginx": via_front,
+                "14-short": self.ab(50),
+            }
+            for cell_id, run in runs.items():
+                title, how = workers_bench.CELLS[cell_id]
+                self.cell(
+                    cell_id, 14, title, "rps", f"{how}, -d{s.seconds[cell_id]:g}s"
+                )
+                chosen = (
+                    targets
+                    if cell_id != "14-nginx"
+                    else {k: v for k, v in targets.items() if k in fronts}
+                )
+                self.interleaved(
+                    cell_id,
+                    chosen,
+                    workers_bench.with_load_cpu(run, loaders),
+                    s.seconds[cell_id],
+                    max(1.0, s.warmup),
+                    before=before,
+                    after=after,
+                )
+        finally:
+            self.stop(fronts)
+            self.stop(targets)
+
     def demo_stats(self, ports: list[int]) -> list[dict[str, Any]]:
         return [
             get_json(f"http://127.0.0.1:{p}/_demo/stats")  # type: ignore[misc]
@@ -671,15 +738,15 @@ class Bench:
                 self.ctx.procs.stop(p)
 
     def picks_group(self) -> None:
-        """Scenario 9: bench/picks.py on the balancer's CPU, runs interleaved."""
+        """Scenario 15: bench/picks.py on the balancer's CPU, runs interleaved."""
         s = self.s
         if not any(p.startswith("txlb") for p in s.peers):
-            _log("scenario 9 measures txlb only: skipped (txlb not in --peers)")
+            _log("15-picks measures txlb only: skipped (txlb not in --peers)")
             return
-        seconds = s.seconds["9-picks"]
+        seconds = s.seconds["15-picks"]
         cell = self.cell(
-            "9-picks",
-            9,
+            "15-picks",
+            15,
             "CPU per pick: each algorithm at 3 and 1000 backends",
             "us_per_pick",
             f"bench/picks.py --seconds {seconds:g}: acquire and release, 64 in"
@@ -697,7 +764,7 @@ class Bench:
                     )
                     found = json.loads(done.stdout.decode().splitlines()[-1])
                 except (subprocess.SubprocessError, ValueError, IndexError) as e:
-                    self.fail("9-picks", label or "txlb", BenchError(str(e)))
+                    self.fail("15-picks", label or "txlb", BenchError(str(e)))
                     continue
                 for name, r in found.items():
                     peer = f"{name}@{label}" if label else name
@@ -706,17 +773,17 @@ class Bench:
                 brief = ", ".join(
                     f"{k} {v['us_per_pick']:.2f}" for k, v in found.items()
                 )
-                _log(f"9-picks run {i + 1}/{s.runs} {label or 'txlb'}: {brief} us")
+                _log(f"15-picks run {i + 1}/{s.runs} {label or 'txlb'}: {brief} us")
         for data in cell["peers"].values():
             data["median"] = report.summarize(data.get("runs", []))
 
     def hash_group(self, backends: list[int]) -> None:
-        """Scenario 10: consistent hashing of X-User through each balancer."""
+        """Scenario 15: consistent hashing of X-User through each balancer."""
         s = self.s
         names = ["txlb-hash", "txlb"] if "txlb" in s.peers else []
         names += [f"{p}-hash" for p in ("haproxy", "nginx") if p in s.peers]
         if not names:
-            _log("scenario 10: no peer of txlb, haproxy or nginx chosen: skipped")
+            _log("15-hash: no peer of txlb, haproxy or nginx chosen: skipped")
             return
         script = load.write_users_script(self.ctx.workdir)
         targets: dict[str, Target] = {}
@@ -729,11 +796,11 @@ class Bench:
             targets.update(self.compared(name, backends))
         try:
             self.cell(
-                "10-hash",
-                10,
+                "15-hash",
+                15,
                 "hash_key = header:X-User, 10,000 users, c=64",
                 "rps",
-                f"wrk -t1 -c64 -d{s.seconds['10-hash']:g}s, each request from one of"
+                f"wrk -t1 -c64 -d{s.seconds['15-hash']:g}s, each request from one of"
                 " 10,000 users (X-User, seeded); txlb least_conn beside as the"
                 " baseline",
             )
@@ -741,7 +808,7 @@ class Bench:
             def run(t: Target, seconds: float) -> dict[str, Any]:
                 return load.wrk(t.url + "/", 64, seconds, script, LOAD_CPU)
 
-            self.interleaved("10-hash", targets, run, s.seconds["10-hash"], s.warmup)
+            self.interleaved("15-hash", targets, run, s.seconds["15-hash"], s.warmup)
         finally:
             self.stop(targets)
 
@@ -849,7 +916,7 @@ def _preflight(s: Settings) -> None:
     needed = {"taskset", "wrk"}
     if 2 in s.scenarios:
         needed.add("ab")
-    if set(s.scenarios) & {1, 2, 3, 6, 7, 8, 10}:
+    if set(s.scenarios) & {1, 2, 3, 6, 7, 8, 15}:
         needed.add("nginx")
     for name in s.peers:
         needed.add(
@@ -915,6 +982,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         " every txlb cell, as peer txlb@REV: an A/B in one sitting (the same"
         " revision as --txlb measures the A/A noise)",
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts scenario 14 compares (default 1,2; e.g. 1,2,4,8)",
+    )
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
@@ -928,7 +1000,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     except ValueError:
         parser.error(f"--scenarios: not a list of numbers: {args.scenarios!r}")
     if bad := [x for x in scenarios if x not in SCENARIOS]:
-        parser.error(f"--scenarios: no scenario {bad[0]}; there are 1 to 10")
+        known_scenarios = ", ".join(map(str, SCENARIOS))
+        parser.error(f"--scenarios: no scenario {bad[0]}; there are {known_scenarios}")
     known = peers.HTTP_PEERS + peers.TCP_PEERS
     chosen = (
         list(peers.HTTP_PEERS)
@@ -939,6 +1012,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         parser.error(f"--peers: unknown {bad_peers[0]!r}; known: {', '.join(known)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        workers = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--workers: not a list of numbers: {args.workers!r}")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: counts of 1 or more")
     quick = args.quick
     d = args.duration
     s = Settings(
@@ -951,6 +1030,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         },
         slow_warmup=1.0 if quick else 2.0,
         idle_connections=args.idle_connections,
+        workers=workers,
         quick=quick,
         full=(
             args.scenarios == "all"

@@ -5,7 +5,6 @@ global reactor and wires the single registry into every part.
 
 from __future__ import annotations
 
-import gc
 import random
 import sys
 from collections.abc import Collection
@@ -29,6 +28,7 @@ from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
 from txlb.http.routing import front_end
+from txlb.lifecycle.gctune import tune_gc
 from txlb.lifecycle.reload import Reloader
 from txlb.lifecycle.shutdown import Drainable, Lifecycle
 from txlb.lifecycle.signals import ReloadOnSignal
@@ -37,12 +37,14 @@ from txlb.net.admission import ClientLimit
 from txlb.observe import features
 from txlb.observe.accesslog import AccessLog
 from txlb.observe.admin import AdminTokenError, read_admin_token
-from txlb.observe.assets import WebAssets, find_web_root
+from txlb.observe.assets import WebAssets
 from txlb.observe.stats import Sampler
 from txlb.observe.webapp import StatsApp
+from txlb.observe.webfiles import HOW_TO_FIX
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
+from txlb.workers.setup import supervise
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "check_config", "makeService"]
 
 _log = Logger(namespace="txlb.tap")
 
@@ -72,18 +74,28 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = load(self["config"])
-            # Parse the endpoint strings now too, so a typo is reported
-            # before anything is bound.
-            from twisted.internet import reactor
-
-            _endpoints(reactor, self.config)
+            self.config = check_config(self["config"])
         except ConfigError as e:
             sys.stderr.write(f"txlb: {e}\n")
             sys.exit(1)
         if self["check"]:
             print(f"txlb: {self['config']}: configuration is valid")
             sys.exit(0)
+
+
+def check_config(path: str) -> Config:
+    """
+    Read and check the configuration file, its endpoint strings included
+    (what C{--check} and C{txlb check} report), before anything is bound.
+
+    @raise ConfigError: one line naming the file, section, key and what is
+        allowed.
+    """
+    config = load(path)
+    from twisted.internet import reactor
+
+    _endpoints(reactor, config)
+    return config
 
 
 def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
@@ -153,24 +165,59 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = Lifecycle(reactor, config.shutdown_timeout)
     # p2c's draws: seeded from the system (each process its own).
     registry = Registry.from_config(config, reactor, random.Random().random)
-
-    access_log = None
-    observe = config.observe
-    if observe.access_log:
-        try:
-            access_log = AccessLog.open(
-                observe.access_log, observe.access_log_format, reactor, reactor
-            )
-        except OSError as e:
-            sys.stderr.write(
-                f"txlb: {config.filename}: [txlb] access_log: cannot open"
-                f" {observe.access_log!r}: {e.strerror}\n"
-            )
-            sys.exit(1)
-        access_log.setServiceParent(top)
-
+    access_log = _access_log(config, reactor)
     app = _stats_app(config, registry, reactor)
     Sampler(app.stats, reactor).setServiceParent(top)
+    reloader = Reloader(config, registry)
+    if config.workers > 1:
+        if access_log is not None:
+            access_log.close()  # checked; every worker writes its own lines
+        # The ring is the same in every process: its key shares show here;
+        # the workers' sticky and rate-limit counts stay theirs.
+        features.show(app, registry, None, None)
+        supervise(reactor, config, options["config"], registry, app, reloader, top)
+    else:
+        if access_log is not None:
+            access_log.setServiceParent(top)
+        _serve(reactor, config, registry, app, access_log, top)
+    HealthChecker.from_config(
+        config,
+        registry,
+        HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
+        TCPProbe(reactor),
+        reactor,
+    ).setServiceParent(top)
+    # SIGHUP re-reads the same file.
+    ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
+    return top
+
+
+def _access_log(config: Config, reactor: Any) -> AccessLog | None:
+    """The access log, opened now so that a bad path stops start-up."""
+    observe = config.observe
+    if not observe.access_log:
+        return None
+    try:
+        return AccessLog.open(
+            observe.access_log, observe.access_log_format, reactor, reactor
+        )
+    except OSError as e:
+        sys.stderr.write(
+            f"txlb: {config.filename}: [txlb] access_log: cannot open"
+            f" {observe.access_log!r}: {e.strerror}\n"
+        )
+        sys.exit(1)
+
+
+def _serve(
+    reactor: Any,
+    config: Config,
+    registry: Registry,
+    app: StatsApp,
+    access_log: AccessLog | None,
+    top: Lifecycle,
+) -> None:
+    """One process serves the clients (C{workers = 1}): the proxy and its ports."""
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
     front: Factory
@@ -203,35 +250,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
-    HealthChecker.from_config(
-        config,
-        registry,
-        HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
-        TCPProbe(reactor),
-        reactor,
-    ).setServiceParent(top)
-    # SIGHUP re-reads the same file.
-    reloader = Reloader(config, registry)
-    ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
-    return top
-
-
-def tune_gc() -> None:
-    """
-    Make the garbage collector cheap for a proxy (once started).
-
-    Each request allocates a few dozen short-lived objects, so the default
-    collector runs a young-generation pass every few requests and, now and
-    then, a full pass over every object the process holds (Twisted, Klein,
-    the config, the registry).  Freezing what start-up built takes it out
-    of those passes for good, and a larger young generation makes them
-    rarer; reference counting frees the rest at once.  With wrk -c64
-    through three nginx backends: about a quarter less CPU per request.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
 
 def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
     """The stats app, with its files and admin token read now, at start-up."""
@@ -245,11 +263,14 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         except AdminTokenError as e:
             sys.stderr.write(f"txlb: {config.filename}: [txlb] admin_token_file: {e}\n")
             sys.exit(1)
-    try:
-        assets = WebAssets.load(find_web_root())
-    except FileNotFoundError as e:
-        _log.warn("the dashboard is unavailable: {why}", why=str(e))
-        assets = WebAssets.empty()
+    assets = WebAssets.find()
+    if assets.missing:
+        _log.warn(
+            "the dashboard is unavailable: {missing} missing from {root}; {fix}",
+            missing=", ".join(assets.missing),
+            root=assets.root,
+            fix=HOW_TO_FIX,
+        )
     return StatsApp(
         registry,
         reactor,

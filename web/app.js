@@ -284,7 +284,7 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
-    // For the other panels (affinity.js), each in its own file.
+    // Panels in their own files (workers.js, affinity.js) use the same snapshot.
     document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 

@@ -7,6 +7,9 @@ C{[ratelimit]}, a request over its client's limit to a 429 instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Site
@@ -18,31 +21,67 @@ from txlb.http.frontend import HTTPFrontendFactory
 from txlb.http.keys import client_ip
 from txlb.http.limit import TooManyRequests
 from txlb.http.proxy import HTTPProxy
-from txlb.http.request import ClientRequest
+from txlb.http.request import ClientRequest, RequestHandler
 from txlb.http.webbridge import StatsCall
 
-__all__ = ["RESERVED", "LimitedRouter", "Router", "front_end"]
+__all__ = [
+    "RESERVED",
+    "LimitedRouter",
+    "Router",
+    "StatsHandler",
+    "front_end",
+    "site_handler",
+]
 
 RESERVED = (b"/api/", b"/dashboard", b"/metrics")
 """Paths the stats app answers when it shares the proxy's port."""
+
+
+class StatsHandler(RequestHandler, Protocol):
+    """A handler for the stats app's requests, started once the request is whole."""
+
+    def start(self) -> None: ...
+
+
+def site_handler(
+    stats: IResource, clock: IReactorTime
+) -> Callable[[ClientRequest], StatsHandler]:
+    """The stats app answering on the proxy's port, in this process."""
+    site = Site(stats, reactor=clock)
+    return lambda request: StatsCall(request, site)
 
 
 class Router:
     """
     Gives each request its handler: the stats app for its reserved paths
     (when it shares the proxy's port) or when there is no proxy, else an
-    L{Exchange} with a backend.
+    L{Exchange} with a backend.  A proxy with a rate limit gets a
+    L{LimitedRouter} (made by this class, so that every maker of a router
+    gets the right one), and without one a request takes no step for it.
     """
+
+    def __new__(
+        cls,
+        proxy: HTTPProxy | None,
+        stats: Callable[[ClientRequest], StatsHandler] | None,
+        reserve: bool = True,
+    ) -> Router:
+        if cls is Router and proxy is not None and proxy.limiter is not None:
+            cls = LimitedRouter
+        return super().__new__(cls)
 
     def __init__(
         self,
         proxy: HTTPProxy | None,
-        stats: IResource | None,
-        clock: IReactorTime,
+        stats: Callable[[ClientRequest], StatsHandler] | None,
         reserve: bool = True,
     ) -> None:
+        """
+        @param stats: makes the handler of a stats app request (the app in
+            this process, or a worker's way to its supervisor's).
+        """
         self.proxy = proxy
-        self.site = Site(stats, reactor=clock) if stats is not None else None
+        self.stats = stats
         self._reserve = reserve and stats is not None
         # The plain exchange unless the backend may follow the request.
         self.exchange: type[Exchange] = Exchange
@@ -54,9 +93,9 @@ class Router:
         return self._reserve and path.startswith(RESERVED)
 
     def __call__(self, request: ClientRequest) -> None:
-        proxy, site = self.proxy, self.site
-        if site is not None and (proxy is None or self.reserved(request.uri)):
-            call = StatsCall(request, site)
+        proxy, stats = self.proxy, self.stats
+        if stats is not None and (proxy is None or self.reserved(request.uri)):
+            call = stats(request)
             request.handler = call
             if request.complete:
                 call.start()
@@ -103,6 +142,5 @@ def front_end(
         C{/metrics} when C{reserve} (it shares the proxy's port), or every
         path when there is no C{proxy}.
     """
-    limited = proxy is not None and proxy.limiter is not None
-    router = (LimitedRouter if limited else Router)(proxy, stats, clock, reserve)
-    return HTTPFrontendFactory(limits, clock, router)
+    handler = site_handler(stats, clock) if stats is not None else None
+    return HTTPFrontendFactory(limits, clock, Router(proxy, handler, reserve))

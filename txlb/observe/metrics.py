@@ -5,8 +5,9 @@ Per-request metrics (a counter by backend and status class, a latency
 histogram by backend) are updated by L{Metrics.observe}, whose label
 children are made once at start so a request costs two increments.  The
 registry's own numbers (active connections, health state, weight, picks,
-failures, max_connections, the queue) are read when Prometheus scrapes, by
-a custom collector, so they are never stale and cost nothing in between.
+failures, retries, ejections, max_connections, the queue) are read when
+Prometheus scrapes, by a custom collector, so they are never stale and cost
+nothing in between.
 
 Each L{Metrics} has its own C{CollectorRegistry}: nothing goes in
 C{prometheus_client}'s global one, so tests and several instances never
@@ -15,7 +16,7 @@ collide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -64,8 +65,12 @@ class _RegistryCollector(Collector):
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        # Brings counts kept elsewhere up to date before a scrape.
+        self.refresh: Callable[[], None] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        if self.refresh is not None:
+            self.refresh()
         backends = self._registry.backends
         info = GaugeMetricFamily(
             "txlb_build_info", "txlb's version (always 1).", labels=["version"]
@@ -101,6 +106,17 @@ class _RegistryCollector(Collector):
             "Requests the backend failed (unreachable, 5xx, reset, timeout).",
             labels=["backend"],
         )
+        retries = CounterMetricFamily(
+            "txlb_backend_retries",
+            "Requests (TCP mode: connections) that failed on the backend before"
+            " any answer and were retried on another backend.",
+            labels=["backend"],
+        )
+        ejections = CounterMetricFamily(
+            "txlb_backend_ejections",
+            "Times the passive checks ejected the backend.",
+            labels=["backend"],
+        )
         limit = GaugeMetricFamily(
             "txlb_backend_max_connections",
             "Requests or connections the backend takes at once (0: unlimited).",
@@ -108,7 +124,7 @@ class _RegistryCollector(Collector):
         )
         for b in backends:
             name = [b.name]
-            active.add_metric(name, b.active)
+            active.add_metric(name, b.active + b.siblings)
             up.add_metric(name, 1 if b.healthy else 0)
             current = b.state
             for s in STATES:
@@ -116,8 +132,11 @@ class _RegistryCollector(Collector):
             weight.add_metric(name, b.weight)
             picks.add_metric(name, b.total_requests)
             failures.add_metric(name, b.failures)
+            retries.add_metric(name, b.retries)
+            ejections.add_metric(name, b.ejected_total)
             limit.add_metric(name, b.max_connections)
-        yield from (active, up, state, weight, picks, failures, limit)
+        yield from (active, up, state, weight, picks, failures, retries)
+        yield from (ejections, limit)
 
         queue = self._registry.queue
         yield GaugeMetricFamily(
@@ -173,7 +192,8 @@ class Metrics(BackendListener):
         )
         self._requests = requests
         self._duration = duration
-        self.prometheus.register(_RegistryCollector(registry))
+        self.collector = _RegistryCollector(registry)
+        self.prometheus.register(self.collector)
         registry.subscribe(self)
 
     def backend_added(self, backend: Backend) -> None:

@@ -170,6 +170,10 @@ class Stats(BackendListener):
         # sessions, rate limits): name -> its data; and per backend.
         self.sections: dict[str, Callable[[], Any]] = {}
         self.backend_fields: list[Callable[[Backend], dict[str, Any]]] = []
+        # Each worker process's figures (workers = N), when wired.
+        self.workers: Callable[[], list[dict[str, Any]]] | None = None
+        # Brings counts kept elsewhere up to date before a snapshot.
+        self.refresh: Callable[[], None] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
@@ -195,6 +199,8 @@ class Stats(BackendListener):
         Everything C{/api/server-stats} shows: the registry's counters and
         health with the rolling rates and percentiles.
         """
+        if self.refresh is not None:
+            self.refresh()
         now = self._clock.seconds()
         registry = self._registry
         total_count, total_errors, total_span = self._total.window(now, self._started)
@@ -205,6 +211,7 @@ class Stats(BackendListener):
             "algorithm": registry.algorithm,
             "clients": clients() if clients is not None else {},
             **{name: section() for name, section in self.sections.items()},
+            **({"workers": self.workers()} if self.workers is not None else {}),
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
@@ -253,7 +260,7 @@ class Stats(BackendListener):
         count, errors, span = self._total.window(now, since)
         latency = _latency_ms(self._total.latencies(now))
         sums = (
-            sum(b.active for b in backends),
+            sum(b.active + b.siblings for b in backends),
             round(count / span, 3),
             latency["p50"],
             latency["p95"],
@@ -261,7 +268,7 @@ class Stats(BackendListener):
             round(errors / count, 4) if count else 0.0,
         )
         self._history.append(
-            (now, sums, tuple((b.active, rps(b.series)) for b in backends))
+            (now, sums, tuple((b.active + b.siblings, rps(b.series)) for b in backends))
         )
 
     def history(self, seconds: float | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ script, and the API answers C{Cache-Control: no-store}):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -43,6 +44,7 @@ from txlb.observe.events import EventStream, Subscriber
 from txlb.observe.jsonout import int_arg, json_answer
 from txlb.observe.metrics import Metrics
 from txlb.observe.stats import HISTORY_POINTS, Stats
+from txlb.observe.webfiles import unavailable_page
 
 __all__ = ["CSP", "StatsApp"]
 
@@ -95,6 +97,8 @@ class StatsApp:
     # that shows the source would print the token.
     admin_token: bytes | None = attrs.field(default=None, repr=False)
     events_rate: float = 2.0
+    # Where the decisions are when worker processes make them (workers = N).
+    decisions_source: Callable[[int], Deferred[list[dict[str, Any]]]] | None = None
     _events: EventStream = attrs.field(init=False)
     _admin: Admin = attrs.field(init=False)
     app = Klein()
@@ -135,21 +139,28 @@ class StatsApp:
         return json_answer(request, self.stats.history(seconds))
 
     @app.route("/api/decisions", methods=["GET", "HEAD"])
-    def decisions(self, request: IRequest) -> bytes:
+    def decisions(self, request: IRequest) -> bytes | Deferred[bytes]:
         """The latest balancing decisions, newest first, explained."""
         limit = int_arg(request, b"limit", 100, DECISION_SIZE)
         registry = self.registry
-        return json_answer(
-            request,
-            {
-                "time": self.clock.seconds(),
-                "algorithm": registry.algorithm,
-                "picks": registry.picks,
-                "sampled_per_second_max": DECISION_RATE,
-                "decisions": registry.decisions.describe(limit),
-                **registry.decisions.extras(),
-            },
-        )
+
+        def answer(decisions: list[dict[str, Any]]) -> bytes:
+            return json_answer(
+                request,
+                {
+                    "time": self.clock.seconds(),
+                    "algorithm": registry.algorithm,
+                    "picks": registry.picks,
+                    "sampled_per_second_max": DECISION_RATE,
+                    "decisions": decisions,
+                    **registry.decisions.extras(),
+                },
+            )
+
+        source = self.decisions_source
+        if source is not None:
+            return source(limit).addCallback(answer)
+        return answer(registry.decisions.describe(limit))
 
     @app.route("/api/events", methods=["GET"])
     def events(self, request: IRequest) -> Deferred[None]:
@@ -205,7 +216,16 @@ class StatsApp:
     @app.route("/dashboard/", methods=["GET", "HEAD"])
     @app.route("/dashboard/<path:asset>", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest, asset: str = "index.html") -> bytes:
-        """A dashboard file, from memory."""
+        """
+        A dashboard file, from memory; instead of index.html, a page naming
+        the files missing, if any.
+        """
+        absent = self.assets.missing
+        if asset == "index.html" and absent:
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return unavailable_page(absent, self.assets.root)
         found = self.assets.files.get(asset)
         if found is None:
             missing = "index.html" if asset == "index.html" else asset
