@@ -186,3 +186,38 @@ def test_rate_limit_answers_429_before_any_backend(
     with urllib.request.urlopen(lb.url + "/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert "txlb_ratelimit_limited_total 9.0" in metrics
+
+
+def test_two_workers_agree(
+    demo_backend: Callable[..., Backend], balancer: Callable[..., Balancer]
+) -> None:
+    """With workers = 2, a cookie names the same backend in either worker and
+    a user hashes to the same backend in either: one connection each, 40
+    times, so both workers serve them."""
+    from tests.integration.test_workers import owners, serving
+
+    backends = three(demo_backend)
+    lb = balancer(
+        [(b.name, b.port) for b in backends],
+        "workers = 2\nalgorithm = hash\nhash_key = header:X-User\n"
+        "sticky = cookie:SRV\n",
+    )
+    serving(lb)
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    _, headers, _ = get(conn, **{"X-User": "alice"})
+    conn.close()
+    pair = headers["set-cookie"].split(";", 1)[0]
+    stuck = headers["x-backend"]
+    pids = set()
+    for i in range(40):
+        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+        conn.connect()
+        _, headers, _ = get(conn, Cookie=pair, **{"X-User": f"user-{i}"})
+        pids.add(owners(lb.port).get(conn.sock.getsockname()[1]))
+        assert headers["x-backend"] == stuck
+        _, headers, _ = get(conn, **{"X-User": "bob"})
+        if i == 0:
+            bob = headers["x-backend"]
+        assert headers["x-backend"] == bob
+        conn.close()
+    assert None not in pids and len(pids) == 2, pids
