@@ -18,6 +18,7 @@ from txlb.config import (
     RateLimitConfig,
     txlb_keys,
 )
+from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config
 from txlb.schema import keys_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,8 @@ def declared_keys() -> dict[str, str]:
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
     keys.update({name: f"[ratelimit] {name}" for name in keys_of(RateLimitConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
+    for cls in (CommonConfig, DNSConfig, EC2Config):
+        keys.update({name: f"[discovery:NAME] {name}" for name in keys_of(cls)})
     return keys
 
 
@@ -119,7 +122,13 @@ def attributes_read(path: Path) -> set[str]:
 
 # Where keys are declared and parsed, and the reload, which compares every
 # key by name: none of them is a reader.
-_NOT_READERS = {"txlb.config", "txlb.schema", "txlb.settings", "txlb.lifecycle.reload"}
+_NOT_READERS = {
+    "txlb.config",
+    "txlb.schema",
+    "txlb.settings",
+    "txlb.lifecycle.reload",
+    "txlb.discovery.config",
+}
 
 
 class ArchitectureTests(SynchronousTestCase):
@@ -156,3 +165,19 @@ class ArchitectureTests(SynchronousTestCase):
             if f"| `{name}` |" not in readme
         )
         self.assertEqual(missing, [])
+
+    def test_every_package_is_installed(self) -> None:
+        """setup.cfg lists every package of txlb (it lists them by hand)."""
+        listed = set()
+        lines = (ROOT / "setup.cfg").read_text().splitlines()
+        start = lines.index("packages =") + 1
+        for line in lines[start:]:
+            if not line.startswith(" "):
+                break
+            listed.add(line.strip())
+        packages = {
+            ".".join(init.parent.relative_to(ROOT).parts)
+            for init in PACKAGE.rglob("__init__.py")
+        }
+        self.assertIn("txlb.core", packages)
+        self.assertEqual(sorted(packages - listed), [])

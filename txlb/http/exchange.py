@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web import http
 from zope.interface import implementer
 
 from txlb.core.backend import Backend
@@ -41,7 +40,12 @@ __all__ = ["Exchange"]
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # How a failed exchange is described in the backend's ejection cause.
-_FAILURES = {499: "", 502: "bad response", 504: "timed out"}
+_FAILURES = {
+    101: "the tunnel broke mid-stream",  # (failed only if the backend broke it)
+    499: "",
+    502: "bad response",
+    504: "timed out",
+}
 
 
 @implementer(IPushProducer)
@@ -139,7 +143,8 @@ class Exchange:
     def client_body_done(self) -> None:
         self.body_complete = True
         conn = self.conn
-        if conn is not None and not self.done:
+        if conn is not None and not self.done and self.body_length != 0:
+            # (A request without a body was ended as it was sent.)
             self._body_sent(conn)
         self.attached = True
         early, self.early = self.early, None
@@ -271,10 +276,10 @@ class Exchange:
         self.status = status
         out, saw_date, length_known = response_headers(headers)
         if not saw_date:
-            out.append((b"Date", http.datetimeToString()))
+            out.append((b"Date", wire.http_date()))
         request = self.request
         request.respond(
-            status, reason or http.RESPONSES.get(status, b""), out, length_known
+            status, reason or wire.REASONS.get(status, b""), out, length_known
         )
         if self.conn is not None:
             request.send_response_producer(self)
@@ -370,7 +375,7 @@ class Exchange:
 
     def _tunnel_ended(self, relay: Relay, why: str) -> None:
         self.bytes_sent = relay.bytes_down
-        self._end(failed=False, status=101)
+        self._end(failed=relay.backend_failed, status=101)
 
     # --- endings -----------------------------------------------------------------
 
@@ -420,7 +425,7 @@ class Exchange:
                 elapsed = now - self.upstream_started
             lease.release(
                 failed=failed,
-                why=_FAILURES.get(status) or f"answered {status}",
+                why=(_FAILURES.get(status) or f"answered {status}") if failed else "",
                 # A client that left (499) says nothing of the backend's speed.
                 seconds=elapsed if status != 499 else None,
             )

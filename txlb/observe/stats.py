@@ -166,6 +166,8 @@ class Stats(BackendListener):
         self._total = Series()
         # The front end's own counters (open, refused, rejected), when wired.
         self.clients: Callable[[], dict[str, int]] | None = None
+        # Each discovery section's status (txlb.discovery), when wired.
+        self.discovery: Callable[[], list[dict[str, Any]]] | None = None
         # More of the snapshot, from the parts that are configured (sticky
         # sessions, rate limits): name -> its data; and per backend.
         self.sections: dict[str, Callable[[], Any]] = {}
@@ -206,11 +208,13 @@ class Stats(BackendListener):
         total_count, total_errors, total_span = self._total.window(now, self._started)
         backends = [self._entry(b, now, total_count) for b in registry.backends]
         clients = self.clients
+        discovery = self.discovery
         return {
             "time": now,
             "algorithm": registry.algorithm,
             "clients": clients() if clients is not None else {},
             **{name: section() for name, section in self.sections.items()},
+            "discovery": discovery() if discovery is not None else [],
             **({"workers": self.workers()} if self.workers is not None else {}),
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},

@@ -15,6 +15,7 @@ __all__ = ["HOW_TO_FIX", "REQUIRED", "missing", "unavailable_page"]
 REQUIRED = (
     "index.html",
     "app.js",
+    "discovery.js",
     "workers.js",
     "affinity.js",
     "style.css",
