@@ -184,15 +184,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if config.workers > 1:
         if access_log is not None:
             access_log.close()  # checked; every worker writes its own lines
-        # The ring is the same in every process: its key shares show here;
-        # the workers' sticky and rate-limit counts stay theirs.
-        features.show(app, registry, None, None)
-        if config.ratelimit.enabled:
-            _log.warn(
-                "[ratelimit] with workers = {workers}: each worker keeps its own"
-                " buckets, so a client may send up to {workers} times rate",
-                workers=config.workers,
-            )
         supervise(reactor, config, options["config"], registry, app, reloader, top)
     else:
         if access_log is not None:

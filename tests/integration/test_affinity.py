@@ -221,3 +221,57 @@ def test_two_workers_agree(
         assert headers["x-backend"] == bob
         conn.close()
     assert None not in pids and len(pids) == 2, pids
+
+
+def test_two_workers_share_one_rate_limit(
+    demo_backend: Callable[..., Backend], balancer: Callable[..., Balancer]
+) -> None:
+    """With workers = 2 a client gets one burst from the balancer, not one
+    from each worker: 12 requests on 12 connections, which both workers
+    serve, let 4 in.  The supervisor's stats and metrics sum both workers'
+    rate-limit and sticky-cookie counts."""
+    from tests.integration.test_workers import owners, serving, wait_until
+
+    backends = three(demo_backend)
+    lb = balancer(
+        [(b.name, b.port) for b in backends],
+        "workers = 2\nsticky = cookie:SRV\nshutdown_timeout = 1s\n"
+        # One token in 10 s: none comes back while the test runs.
+        "[ratelimit]\nrate = 0.1\nburst = 4\nkey = header:X-Client\n",
+    )
+    serving(lb)
+    before = requests_of(backends)
+    statuses, pids = [], set()
+    for _ in range(12):
+        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+        conn.connect()
+        pids.add(owners(lb.port).get(conn.sock.getsockname()[1]))
+        statuses.append(get(conn, **{"X-Client": "greedy"})[0])
+        conn.close()
+    assert None not in pids and len(pids) == 2, pids
+    assert sorted(statuses) == [200] * 4 + [429] * 8, statuses
+    after = requests_of(backends)
+    assert sum(after[n] - before[n] for n in after) == 4
+    # Sticky: a cookie set once, then honoured by either worker.
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    _, headers, _ = get(conn, **{"X-Client": "s0"})
+    conn.close()
+    pair = headers["set-cookie"].split(";", 1)[0]
+    for i in range(10):
+        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+        assert get(conn, Cookie=pair, **{"X-Client": f"s{i + 1}"})[0] == 200
+        conn.close()
+
+    def summed() -> bool:
+        stats = lb.stats()
+        limit, sticky = stats["ratelimit"], stats["sticky"]
+        return (limit["allowed"], limit["limited"], sticky["hits"]) == (15, 8, 10)
+
+    wait_until(summed)
+    stats = lb.stats()
+    assert stats["sticky"]["misses"] == 5  # the greedy client's four, s0
+    assert stats["ratelimit"]["clients_tracked"] >= 12
+    with urllib.request.urlopen(lb.url + "/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert "txlb_ratelimit_limited_total 8.0" in metrics
+    assert "txlb_sticky_hits_total 10.0" in metrics

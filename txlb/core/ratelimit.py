@@ -36,6 +36,7 @@ from txlb.settings import RateLimitConfig
 __all__ = [
     "KEY_BYTES",
     "MAX_CLIENTS",
+    "RECENT_SECONDS",
     "IRateLimitStore",
     "LocalBuckets",
     "RateLimiter",
@@ -145,7 +146,7 @@ class RateLimiter:
         self.allowed = 0
         self.limited = 0
         # Clients refused lately, for the views: at most _RECENT, cleared
-        # every _RECENT_SECONDS.
+        # every RECENT_SECONDS.
         self._recent: set[bytes] = set()
         self._recent_since = clock.seconds()
 
@@ -162,7 +163,7 @@ class RateLimiter:
             return None
         self.limited += 1
         recent = self._recent
-        if now - self._recent_since >= _RECENT_SECONDS:
+        if now - self._recent_since >= RECENT_SECONDS:
             recent.clear()
             self._recent_since = now
         if len(recent) < _RECENT:
@@ -179,9 +180,10 @@ class RateLimiter:
             "limited": self.limited,
             "clients_tracked": len(self.store),
             "clients_limited_recently": len(self._recent),
-            "recent_seconds": _RECENT_SECONDS,
+            "recent_seconds": RECENT_SECONDS,
         }
 
 
 _RECENT = 10_000
-_RECENT_SECONDS = 60.0
+RECENT_SECONDS = 60.0
+"""How long a refused client counts as limited recently (for the views)."""

@@ -12,8 +12,8 @@ count of recent keys: it says where keys go before the bound moves any.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -24,19 +24,42 @@ from prometheus_client.registry import Collector
 
 from txlb.core.backend import Backend
 from txlb.core.hashring import ConsistentHash
-from txlb.core.ratelimit import RateLimiter
+from txlb.core.ratelimit import IRateLimitStore
 from txlb.core.registry import Registry
-from txlb.http.sticky import StickyCookies
 from txlb.observe.webapp import StatsApp
 
-__all__ = ["FeatureCollector", "show"]
+__all__ = ["FeatureCollector", "LimitCounts", "StickyCounts", "show"]
+
+
+class StickyCounts(Protocol):
+    """What the views read of the sticky cookie (one process's, or all workers')."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def set(self) -> int: ...
+    @property
+    def reasons(self) -> Mapping[str, int]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class LimitCounts(Protocol):
+    """What the views read of the rate limit (one process's, or all workers')."""
+
+    @property
+    def allowed(self) -> int: ...
+    @property
+    def limited(self) -> int: ...
+    @property
+    def store(self) -> IRateLimitStore: ...
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 def show(
     app: StatsApp,
     registry: Registry,
-    sticky: StickyCookies | None,
-    limiter: RateLimiter | None,
+    sticky: StickyCounts | None,
+    limiter: LimitCounts | None,
 ) -> None:
     """Add what is configured of hash, sticky and the rate limit to C{app}'s views."""
     policy = registry.policy
@@ -78,8 +101,8 @@ class FeatureCollector(Collector):
         self,
         registry: Registry,
         ring: ConsistentHash | None,
-        sticky: StickyCookies | None,
-        limiter: RateLimiter | None,
+        sticky: StickyCounts | None,
+        limiter: LimitCounts | None,
     ) -> None:
         self._registry = registry
         self._ring = ring
