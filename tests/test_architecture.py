@@ -16,6 +16,7 @@ from txlb.config import (
     FleetConfig,
     HealthConfig,
     OutlierConfig,
+    RateLimitConfig,
     txlb_keys,
 )
 from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config
@@ -103,6 +104,7 @@ def declared_keys() -> dict[str, str]:
     keys = {name: f"[txlb] {name}" for name in txlb_keys()}
     keys.update({name: f"[health] {name}" for name in keys_of(HealthConfig)})
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
+    keys.update({name: f"[ratelimit] {name}" for name in keys_of(RateLimitConfig)})
     keys.update({name: f"[fleet] {name}" for name in keys_of(FleetConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
     for cls in (CommonConfig, DNSConfig, EC2Config):

@@ -76,7 +76,7 @@ class FleetSectionTests(SynchronousTestCase):
                 "[fleet] redis: works with workers = 1 only for now (workers = 2)"
             ),
             "[fleets]\n": "[fleets]: unknown section; allowed: [txlb], [health],"
-            " [outlier], [fleet], [backend:NAME]",
+            " [outlier], [ratelimit], [fleet], [backend:NAME], [discovery:NAME]",
         }
         for text, message in cases.items():
             with self.subTest(text=text):

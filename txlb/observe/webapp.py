@@ -185,6 +185,7 @@ class StatsApp:
                     "picks": registry.picks,
                     "sampled_per_second_max": DECISION_RATE,
                     "decisions": decisions,
+                    **registry.decisions.extras(),
                 },
             )
 

@@ -23,8 +23,10 @@ from txlb.config import Config, ConfigError
 from txlb.core.registry import Registry
 from txlb.lifecycle.reload import Reloader
 from txlb.lifecycle.shutdown import Lifecycle
-from txlb.observe import jsonlog
+from txlb.observe import features, jsonlog
 from txlb.observe.webapp import StatsApp
+from txlb.workers.buckets import SharedBuckets
+from txlb.workers.features import SummedLimiter, SummedSticky
 from txlb.workers.supervisor import WorkerPool
 
 __all__ = ["supervise"]
@@ -122,7 +124,9 @@ def supervise(
         app.observe,
         stats_socket=stats_socket,
         json_log=jsonlog.in_use(),
+        buckets=SharedBuckets.create(reactor) if config.ratelimit.enabled else None,
     )
+    _show_features(app, registry, config, pool)
     pool.setServiceParent(top)
     refresher = TimerService(REFRESH, pool.refresh)
     refresher.clock = reactor
@@ -137,3 +141,18 @@ def supervise(
 
     reloader.after.append(queue)
     return pool
+
+
+def _show_features(
+    app: StatsApp, registry: Registry, config: Config, pool: WorkerPool
+) -> None:
+    """The views show the hash ring (the same in every process) and the
+    workers' sticky-cookie and rate-limit counts, summed."""
+    sticky = config.affinity.sticky
+    summed_sticky = None
+    if sticky is not None:
+        summed_sticky = SummedSticky(pool.features, sticky.name)
+    limiter = None
+    if pool.buckets is not None:
+        limiter = SummedLimiter(pool.features, config.ratelimit, pool.buckets)
+    features.show(app, registry, summed_sticky, limiter)

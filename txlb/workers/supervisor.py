@@ -34,7 +34,9 @@ from twisted.python.failure import Failure
 import txlb
 from txlb.core.registry import Registry
 from txlb.workers import protocol as commands
+from txlb.workers.buckets import SharedBuckets
 from txlb.workers.fanout import Fanout
+from txlb.workers.features import FeatureTotals
 from txlb.workers.shm import Counts
 
 __all__ = ["WorkerPool"]
@@ -137,9 +139,13 @@ class _Worker:
             "--counts-fd",
             "4",
         ]
+        n = -1
         for n, (fd, family) in enumerate(pool.listening()):
             fds[_FIRST_FD + n] = fd
             argv += ["--listen", f"{_FIRST_FD + n}:{family}"]
+        if pool.buckets is not None:
+            fds[_FIRST_FD + n + 1] = pool.buckets.fd
+            argv += ["--buckets-fd", str(_FIRST_FD + n + 1)]
         if pool.stats_socket:
             argv += ["--stats-socket", pool.stats_socket]
         if pool.json_log:
@@ -179,6 +185,7 @@ class _Worker:
         pool = self.pool
         self.link = None
         self.ready = False
+        pool.features.left(self.info.get("features", {}))
         self.info = {}
         self.process = None
         pool.fanout.worker_gone(self.index)
@@ -258,6 +265,7 @@ class WorkerPool(Service):
         observe: Any,
         stats_socket: str = "",
         json_log: bool = False,
+        buckets: SharedBuckets | None = None,
     ) -> None:
         """
         @param listeners: the listening ports (IListeningPort, bound but not
@@ -266,6 +274,7 @@ class WorkerPool(Service):
         @param runtime: a directory of the supervisor's own.
         @param stats_socket: a UNIX socket serving the stats app, where
             workers send its paths (empty: stats_listen serves it).
+        @param buckets: the rate limit's buckets, if one is configured.
         """
         self.reactor = reactor
         self.registry = registry
@@ -280,6 +289,10 @@ class WorkerPool(Service):
         self._started_all = False
         self.stats_socket = stats_socket
         self.json_log = json_log
+        self.buckets = buckets
+        self.features = FeatureTotals(
+            lambda: (w.info.get("features", {}) for w in self.workers)
+        )
         registry.subscribe(self.fanout)
 
     def _links(self) -> Iterator[_WorkerLink]:

@@ -38,7 +38,9 @@ from txlb.net import fastio
 from txlb.observe.accesslog import AccessLog
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
 from txlb.workers.accepting import CountedConnections, balance_accepts
+from txlb.workers.buckets import SharedBuckets
 from txlb.workers.counting import WorkerCounts
+from txlb.workers.features import counts_of
 from txlb.workers.forward import StatsForward
 from txlb.workers.replica import Replica, SupervisorLink
 from txlb.workers.shm import Counts
@@ -60,6 +62,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--listen", action="append", default=[], help="FD:FAMILY of a listener"
     )
+    parser.add_argument("--buckets-fd", type=int, default=-1)
     parser.add_argument("--stats-socket", default="")
     parser.add_argument("--json-log", action="store_true")
     return parser.parse_args(argv)
@@ -76,6 +79,7 @@ class Worker:
         self.link = SupervisorLink(self)
         self.replica: Replica | None = None
         self.front: Any = None
+        self.proxy: HTTPProxy | None = None
         self._ports: list[Any] = []
         self._stopping = False
 
@@ -109,9 +113,13 @@ class Worker:
             self.front = TCPProxyFactory(tcp)
             self.limit = tcp.limit
         else:
+            buckets = None
+            if self.arguments.buckets_fd >= 0:
+                buckets = SharedBuckets(self.arguments.buckets_fd, reactor)
             proxy = HTTPProxy.from_config(
-                config, registry, reactor, reactor, access_log, observe
+                config, registry, reactor, reactor, access_log, observe, buckets
             )
+            self.proxy = proxy
             stats = None
             if self.arguments.stats_socket:
                 pool = BackendPool(
@@ -200,8 +208,15 @@ class Worker:
                 "drift_max": drift_max,
                 "drift_mean": drift_mean,
                 "drift_samples": samples,
+                "features": self._features(),
             }
         )
+
+    def _features(self) -> dict[str, Any]:
+        proxy = self.proxy
+        if proxy is None:
+            return {}
+        return counts_of(proxy.sticky, proxy.limiter)
 
     def stop(self) -> None:
         """SIGTERM (or the supervisor gone): stop accepting, drain, exit; once."""
