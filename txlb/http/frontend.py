@@ -7,12 +7,16 @@ rejects bare LF line endings, obs-fold, invalid header names and values,
 C{Content-Length} next to C{Transfer-Encoding}, a duplicate or invalid
 C{Content-Length}, a C{Transfer-Encoding} that does not end in C{chunked}
 and invalid chunk sizes.  This module adds what llhttp leaves to a server:
-HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, no
-C{Transfer-Encoding} on HTTP/1.0, the request-target forms (absolute-form
-is answered from our own backends, never fetched from the host it names;
-C{CONNECT} is refused), and the size limits (431, 414, 413).  A rejected
-request is answered and its connection closed; nothing of it reaches a
-backend.
+HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, and a valid one
+(L{txlb.http.authority}), no C{Transfer-Encoding} on HTTP/1.0 and no coding
+but C{chunked} (L{txlb.http.codings}: 501 for one before it), the
+request-target forms (absolute-form is answered from our own backends,
+never fetched from the host it names; C{CONNECT} is refused), and the size
+limits (431, 414, 413).  A rejected request is answered and its connection
+closed; nothing of it reaches a backend.  llhttp gives some verdicts on a
+head only after C{on_headers_complete} has returned, so a request is
+handed on only once llhttp has gone past its head without error (its body
+has begun, it is complete, or the read ended).
 
 Deadlines stop slow clients from holding connections: the head must arrive
 within C{header_timeout} (from the connection's start, then from a request's
@@ -30,7 +34,6 @@ reading until the queue is answered.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -44,6 +47,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txlb.config import Config
+from txlb.http.authority import authority_error
+from txlb.http.codings import transfer_coding_error
+from txlb.http.requestline import method_error
 from txlb.net import fastio
 from txlb.net.admission import ClientLimit
 
@@ -372,6 +378,9 @@ class HTTPFrontend(Protocol):
         # Answered (then the connection closes) once the queue is done.
         self._failure: _Reject | None = None
         self._reject: _Reject | None = None
+        # A request whose head passed the checks here, held until llhttp
+        # has accepted it too (see _release).
+        self._held: ClientRequest | None = None
         self._paused: set[str] = set()
         self._timer: Any = None
         self._phase = ""
@@ -410,20 +419,30 @@ class HTTPFrontend(Protocol):
             return
         if self._failure is not None:
             return
-        if self._incoming is None and self._phase != "head":
+        between_requests = self._incoming is None
+        if between_requests and self._phase != "head":
             self._arm("head", self.limits.header_timeout)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade = data[e.args[0] :]
             self.pause("upgrade")
+            if self._held is not None:
+                self._release()
         except httptools.HttpParserCallbackError as e:
             reject = self._reject or _Reject(400, f"{e.__context__ or e}")
             self._fail(reject)
+            return
         except httptools.HttpParserInvalidMethodError:
-            self._fail(_method_error(data))
+            self._fail(_Reject(*method_error(data, between_requests)))
+            return
         except httptools.HttpParserError as e:
             self._fail(_Reject(400, str(e)))
+            return
+        if self._held is not None:
+            # A head that came without its body (or with all of it but
+            # in a read that ended there): llhttp went past it unharmed.
+            self._release()
 
     # --- llhttp's callbacks -------------------------------------------------------
 
@@ -464,6 +483,7 @@ class HTTPFrontend(Protocol):
             self._refuse(405, "CONNECT is not served: txlb is no forward proxy")
         hosts = 0
         length: int | None = 0
+        codings: list[bytes] = []
         for name, value in request.headers:
             lower = name.lower()
             if lower == b"host":
@@ -474,7 +494,7 @@ class HTTPFrontend(Protocol):
             elif lower == b"transfer-encoding":
                 if version == b"HTTP/1.0":
                     self._refuse(400, "Transfer-Encoding on an HTTP/1.0 request")
-                length = None  # llhttp checked: chunked, last
+                codings.append(value)
             elif lower == b"connection":
                 request.connection.append(value)
             elif lower == b"upgrade" and not request.upgrade:
@@ -483,6 +503,15 @@ class HTTPFrontend(Protocol):
                 request.expect_continue = True
         if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
             self._refuse(400, f"{hosts} Host headers (one is required)")
+        if request.host:
+            why = authority_error(request.host)
+            if why is not None:
+                self._refuse(400, f"invalid Host: {why}")
+        if codings:
+            refusal = transfer_coding_error(codings)
+            if refusal is not None:
+                self._refuse(*refusal)
+            length = None
         request.body_length = length
         limit = self.limits.max_body_size
         if limit and length is not None and length > limit:
@@ -492,11 +521,9 @@ class HTTPFrontend(Protocol):
             self._disarm()
         else:
             self._arm("body", self.limits.body_timeout)
-        if self._active is None:
-            self._start(request)
-        else:
-            self._queue.append(request)
-            self.pause("pipeline")
+        # llhttp still judges the head after this returns (an unknown final
+        # coding, for one): nothing may go towards a backend before it has.
+        self._held = request
 
     def on_body(self, data: bytes) -> None:
         request = self._incoming
@@ -505,6 +532,8 @@ class HTTPFrontend(Protocol):
         limit = self.limits.max_body_size
         if limit and request.body_received > limit:
             self._refuse(413, "body over max_body_size")
+        if self._held is not None:
+            self._release()
         rate = self.limits.body_min_rate
         if rate:
             self._deadline += len(data) / rate
@@ -520,7 +549,9 @@ class HTTPFrontend(Protocol):
         self._incoming = None
         request.complete = True
         self._disarm()
-        if request is self._active and request.handler is not None:
+        if self._held is not None:
+            self._release()  # it starts complete
+        elif request is self._active and request.handler is not None:
             request.handler.client_body_done()
 
     # --- requests -----------------------------------------------------------------
@@ -537,12 +568,14 @@ class HTTPFrontend(Protocol):
             # RFC 9112 3.2.2: the target's authority replaces Host.  The
             # request still goes to our backends, never to that host.
             authority, slash, path = rest.partition(b"/")
-            authority = authority.rpartition(b"@")[2]
             if authority:
                 request.uri = b"/" + path if slash else b"/"
                 if b"?" in authority:
                     authority, _, query = authority.partition(b"?")
                     request.uri = b"/?" + query
+                why = authority_error(authority)
+                if why is not None:
+                    self._refuse(400, f"invalid request target: {why}")
                 request.host = authority
                 request.headers = [
                     (n, v) for n, v in request.headers if n.lower() != b"host"
@@ -555,6 +588,20 @@ class HTTPFrontend(Protocol):
         """Reject the request being parsed (raised through llhttp)."""
         self._reject = _Reject(status, why)
         raise self._reject
+
+    def _release(self) -> None:
+        """
+        llhttp has gone past the held request's head without error (it is
+        parsing the body, or the request is complete, or the read ended):
+        start it, or queue it behind the one being answered.
+        """
+        request, self._held = self._held, None
+        assert request is not None
+        if self._active is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.pause("pipeline")
 
     def _start(self, request: ClientRequest) -> None:
         self._active = request
@@ -610,6 +657,7 @@ class HTTPFrontend(Protocol):
         then close.  An active request whose body broke is abandoned.
         """
         self._reject = None
+        self._held = None
         self._disarm()
         self.pause("failed")
         incoming, self._incoming = self._incoming, None
@@ -784,20 +832,6 @@ class _Refuse(Protocol):
             b"Connection: close\r\n\r\n%s" % (len(body), body)
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
-
-
-def _method_error(data: bytes) -> _Reject:
-    """
-    llhttp knows a fixed list of methods: one it does not know is a 501
-    (RFC 9110 15.6.2) when it is at least a token followed by a space, and
-    a malformed request line (400) otherwise.
-    """
-    if _TOKEN.match(data.lstrip(b"\r\n")):
-        return _Reject(501, "method not implemented")
-    return _Reject(400, "invalid request line")
 
 
 def _is_secure(transport: Any) -> bool:
