@@ -8,9 +8,9 @@ it, after a good request has left an idle backend connection in txlb's pool
 get its status, the connection must then be closed by txlb, and no byte of
 the request may reach the backend: every request carries a marker
 (``case-NAME``, usually as its path) that the recorder must never have
-seen, and the pooled connection must still be open.  The statuses are those RFC 9112 asks for, as
-HAProxy and nginx answer them (400 for a malformed message; the limits 413,
-414 and 431).
+seen, and the pooled connection must still be open.  The statuses are
+those RFC 9112 asks for, as HAProxy and nginx answer them (400 for a
+malformed message; the limits 413, 414 and 431).
 
 Cases the current front end (llhttp through httptools, since 06012b3) gets
 wrong are marked C{xfail(strict=True)} one by one, each with what it does
