@@ -4,6 +4,7 @@
 #   make demo     three demo backends and txlb on http://127.0.0.1:8080/ (Ctrl-C stops all)
 #   make venv     .venv with txlb installed (not editable) and the test tools
 #   make bench    txlb against nginx, HAProxy, Caddy, aiohttp, stock Twisted (< 10 min)
+#   make soak     the chaos soak, SOAK_SECONDS long (default 600)
 #   make clean
 
 PY ?= python3
@@ -24,7 +25,7 @@ DEPS_STAMP := $(VENV)/.deps-stamp
 INSTALL_STAMP := $(VENV)/.txlb-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo bench clean
+.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo bench soak clean
 
 all: test
 
@@ -104,6 +105,13 @@ bench: system-deps venv $(BENCH_STAMP)
 
 demo: system-deps venv
 	$(BIN)/python scripts/demo.py
+
+# Chaos under load (scripts/soak.py): the report in test-output/soak/.  make
+# test runs a 60-second one (tests/integration/test_soak.py).
+SOAK_SECONDS ?= 600
+soak: system-deps venv
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --rss-bound 10 \
+		--workdir test-output/soak --json test-output/soak/report.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info node_modules web/vendor \
