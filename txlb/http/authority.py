@@ -23,6 +23,8 @@ import re
 __all__ = ["authority_error"]
 
 _REG_NAME = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+")
+# Most values: a plain name or IPv4 address, and perhaps a port (one match).
+_PLAIN = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=-]+(?::[0-9]*)?")
 _IP_FUTURE = re.compile(rb"[vV][0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+")
 _IPV6_CHARS = re.compile(rb"[0-9A-Fa-f:.]+")
 _PORT = re.compile(rb"[0-9]*")
@@ -33,6 +35,8 @@ def authority_error(value: bytes) -> str | None:
     Why C{value} is not C{host [ ":" port ]} (see the module docstring), in
     words that quote none of it; L{None} when it is.
     """
+    if _PLAIN.fullmatch(value) is not None:
+        return None
     if b"@" in value:
         return "userinfo"
     if value.startswith(b"["):
