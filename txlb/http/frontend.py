@@ -401,6 +401,7 @@ class HTTPFrontend(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         self._stop_timer()
         if self._flow is not None:
@@ -730,6 +731,7 @@ class HTTPFrontend(Protocol):
         self._active = None
         early, self._upgrade = self._upgrade or b"", None
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         transport: Any = self.transport
         if self._flow is not None:
@@ -832,6 +834,12 @@ class _Refuse(Protocol):
             b"Connection: close\r\n\r\n%s" % (len(body), body)
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+# What a connection's parser becomes once it is closed or taken over: llhttp
+# holds the protocol's bound methods, a reference cycle that only the cycle
+# collector would free (and tune_gc's thresholds make its full passes rare).
+_CLOSED = httptools.HttpRequestParser(None)
 
 
 def _is_secure(transport: Any) -> bool:
