@@ -111,7 +111,7 @@ def run(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     while (left := args.seconds - (time.monotonic() - started)) > 0:
         time.sleep(min(left, 30))
         if left > 30:
-            print(f"soak: {time.monotonic() - started:.0f}s {_progress(tally)}")
+            print(f"soak: {time.monotonic() - started:.0f}s {_progress(tally, fleet)}")
 
     stop_chaos.set()
     chaos.join()
@@ -190,16 +190,10 @@ def _settled(fleet: Fleet) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def _progress(tally: Tally) -> str:
+def _progress(tally: Tally, fleet: Fleet) -> str:
     c = tally.counts
     failed = sum(v for k, v in c.items() if k.startswith("get_failed"))
-    return f"GETs ok {c['get_ok']} failed {failed}; reloads by chaos {_acts(c)}"
-
-
-def _acts(counts: Any) -> int:
-    return sum(
-        v for k, v in counts.items() if k.startswith("chaos_") and k != "chaos_error"
-    )
+    return f"GETs ok {c['get_ok']} failed {failed}; {fleet.reloads} reloads"
 
 
 def _window(
