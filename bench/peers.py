@@ -78,6 +78,8 @@ class Context:
     workdir: Path
     python: str
     txlb_pythonpath: str | None  # None: the txlb installed in the venv
+    # Other txlb trees run beside the first (--compare): (label, PYTHONPATH).
+    txlb_compare: list[tuple[str, str]] = field(default_factory=list)
     taken_ports: set[int] = field(default_factory=set)
     start_timeout: float = 20.0
 
@@ -165,6 +167,7 @@ def start_peer(
     backends: Sequence[int],
     tag: str = "",
     txlb_health_interval: str = "2s",
+    txlb_tree: str | None = None,
 ) -> Target:
     """Start balancer C{name} in front of the loopback ports C{backends}."""
     tag = f"{name}{tag}"
@@ -216,7 +219,8 @@ def start_peer(
         path.write_text(conf)
         twistd = str(Path(ctx.python).parent / "twistd")
         argv = [twistd, "-n", "--pidfile=", "txlb", "--config", str(path)]
-        env = {"PYTHONPATH": ctx.txlb_pythonpath} if ctx.txlb_pythonpath else {}
+        tree = txlb_tree or ctx.txlb_pythonpath
+        env = {"PYTHONPATH": tree} if tree else {}
         proc = ctx.procs.start(tag, argv, BALANCER_CPU, env=env, cwd=ctx.workdir)
         stats = f"http://127.0.0.1:{stats_port}/api/server-stats"
         target = Target(name, url, proc, stats_url=stats, config=conf)

@@ -313,7 +313,25 @@ class Bench:
             t = self.start(name, backends)
             if t is not None:
                 targets[name] = t
+            targets.update(self.compared(name, backends))
         return targets
+
+    def compared(self, name: str, backends: list[int], **kw: Any) -> dict[str, Target]:
+        """The same txlb peer from each --compare tree, named C{name@REV}."""
+        found: dict[str, Target] = {}
+        if not name.startswith("txlb"):
+            return found
+        for label, tree in self.ctx.txlb_compare:
+            tag = kw.get("tag", "")
+            compared = f"{name}{tag}@{label}"
+            _log(f"starting {compared}")
+            t = self.start(
+                name, backends, **{**kw, "tag": f"{tag}@{label}"}, txlb_tree=tree
+            )
+            if t is not None:
+                t.name = compared
+                found[compared] = t
+        return found
 
     def http_group(self, backends: list[int]) -> None:
         s = self.s
@@ -512,6 +530,7 @@ class Bench:
                 if t is not None:
                     t.name = f"{name}{tag}"
                     targets[t.name] = t
+                targets.update(self.compared(name, backends, **kw))
         try:
             self.cell(
                 "6-selection",
@@ -702,21 +721,31 @@ def _versions(python: str) -> dict[str, str]:
 
 
 def _txlb_tree(which: str, workdir: Path) -> str | None:
-    """The PYTHONPATH that makes twistd load txlb from the chosen tree."""
+    """
+    The PYTHONPATH that makes twistd load txlb from the chosen tree: the
+    working tree, the copy in the venv (None), or a commit (HEAD or any
+    revision), checked out into the work directory.
+    """
     if which == "source":
         return str(ROOT)
     if which == "installed":
         return None
-    head = workdir / "txlb-head"
-    head.mkdir()
+    rev = "HEAD" if which == "head" else which
+    tree = workdir / f"txlb-{rev}"
+    if tree.exists():
+        return str(tree)
+    tree.mkdir()
     archive = subprocess.run(
-        ["git", "archive", "HEAD", "txlb", "twisted/plugins", "web"],
+        ["git", "archive", rev, "txlb", "twisted/plugins", "web"],
         cwd=ROOT,
         capture_output=True,
         check=True,
     )
-    subprocess.run(["tar", "-x", "-C", str(head)], input=archive.stdout, check=True)
-    return str(head)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    vendor = ROOT / "web" / "vendor"
+    if vendor.is_dir() and not (tree / "web" / "vendor").exists():
+        shutil.copytree(vendor, tree / "web" / "vendor")
+    return str(tree)
 
 
 def _git() -> dict[str, Any]:
@@ -791,10 +820,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     )
     parser.add_argument(
         "--txlb",
-        choices=("source", "head", "installed"),
         default="source",
-        help="run txlb from the working tree (default, uncommitted changes"
-        " included), from the last commit (HEAD), or as installed in .venv",
+        help="run txlb from the working tree ('source', the default, uncommitted"
+        " changes included), from the last commit ('head'), as installed in"
+        " .venv ('installed'), or from any git revision",
+    )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="git revisions (comma list) whose txlb runs beside the chosen one in"
+        " every txlb cell, as peer txlb@REV: an A/B in one sitting (the same"
+        " revision as --txlb measures the A/A noise)",
     )
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-chart", action="store_true")
@@ -857,6 +893,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir=workdir,
         python=python,
         txlb_pythonpath=_txlb_tree(args.txlb, workdir),
+        txlb_compare=[
+            (rev, _txlb_tree(rev, workdir) or "")
+            for rev in args.compare.split(",")
+            if rev.strip()
+        ],
     )
     results: dict[str, Any] = {
         "meta": {

@@ -1,110 +1,181 @@
-"""A deterministic harness: the real front end and proxy on a memory reactor."""
+"""
+The one deterministic harness: txlb's real front end, proxies and registry
+(built by C{Registry.from_config}, as C{tap} builds it) on a memory reactor,
+in HTTP mode or TCP mode.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.testing import (
-    MemoryReactorClock,
-    StringTransport,
-    StringTransportWithDisconnection,
-)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web import pages
 
-from txlb.config import Config, parse
+from tests.relay_support import FakeTCP
+from txlb.config import BackendConfig, BalancingConfig, Config, OutlierConfig, parse
 from txlb.core.registry import Registry
-from txlb.http.frontend import Limits
-from txlb.http.proxy import HTTPProxy, front_end
-from txlb.http.upstream import BackendConnection
+from txlb.http.proxy import HTTPProxy
+from txlb.http.routing import front_end
+from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
+
+_MODES = {
+    "http": "[txlb]\nbackend_timeout = 10s\n",
+    "tcp": (
+        "[txlb]\nmode = tcp\nstats_listen = tcp:9000\nconnect_timeout = 2s\n"
+        "idle_timeout = 1m\n"
+    ),
+}
 
 
-def config(backends: int = 2, extra: str = "") -> Config:
-    text = "[txlb]\nbackend_timeout = 10s\n" + extra + "\n"
+def config(
+    backends: int = 2, extra: str = "", backend_extra: str = "", mode: str = "http"
+) -> Config:
+    """
+    A parsed lb.ini: C{extra} goes in C{[txlb]} (or starts other sections),
+    C{backend_extra} in every backend's section; backends are b0, b1 ... on
+    127.0.0.1:9001, 9002 ...
+    """
+    text = _MODES[mode] + extra + "\n"
     for i in range(backends):
-        text += f"[backend:b{i}]\naddress = 127.0.0.1:{9001 + i}\n"
+        text += f"[backend:b{i}]\naddress = 127.0.0.1:{9001 + i}\n{backend_extra}\n"
     return parse(text, "test.ini")
 
 
 class Client:
-    """One client connection to the proxy."""
+    """One client connection accepted by the proxy."""
 
-    def __init__(self, harness: Harness) -> None:
-        self.channel = harness.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
-        self.transport = StringTransportWithDisconnection(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
-            peerAddress=IPv4Address("TCP", "192.0.2.7", 4000),
-        )
-        self.transport.protocol = self.channel
-        self.channel.makeConnection(self.transport)
+    def __init__(self, factory: Factory) -> None:
+        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
+        self.transport = FakeTCP()
+        self.transport.protocol = self.proto
+        self.proto.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
-        self.channel.dataReceived(data)
+        self.proto.dataReceived(data)
 
     def received(self) -> bytes:
         return self.transport.value()
 
 
 class Backend:
-    """The backend side of one connection the proxy opened."""
+    """The backend end of one connection the proxy opened."""
 
-    def __init__(self, proto: BackendConnection, transport: StringTransport) -> None:
+    def __init__(self, proto: Any, transport: FakeTCP) -> None:
         self.proto = proto
         self.transport = transport
 
     def received(self) -> bytes:
         return self.transport.value()
 
-    def reply(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.proto.dataReceived(data)
+
+    reply = send
 
     def close(self) -> None:
         self.transport.loseConnection()
 
 
 class Harness:
-    def __init__(self, backends: int = 2, extra: str = "") -> None:
+    """
+    The proxy of one mode over C{backends} backends on a memory reactor.
+
+    @ivar records: the access log's records (HTTP mode).
+    @ivar observed: (backend, status) of each observed request or connection.
+    @ivar seconds: the seconds observed with each.
+    """
+
+    def __init__(
+        self,
+        backends: int = 2,
+        extra: str = "",
+        backend_extra: str = "",
+        mode: str = "http",
+    ) -> None:
         self.reactor = MemoryReactorClock()
-        self.config = config(backends, extra)
-        self.registry = Registry(
-            self.config.backends,
-            self.reactor,
-            outlier=self.config.outlier,
-            panic_threshold=self.config.panic_threshold,
-        )
+        self.config = config(backends, extra, backend_extra, mode)
+        self.registry = Registry.from_config(self.config, self.reactor)
         self.records: list[dict[str, Any]] = []
-        self.proxy = HTTPProxy(
-            self.registry, self.reactor, self.reactor, self.config, self.records.append
-        )
-        stats = pages.notFound()
-        self.site = front_end(
-            self.proxy, stats, Limits.from_config(self.config), self.reactor
-        )
-        self._accepted = 0
+        self.observed: list[tuple[str, int]] = []
+        self.seconds: list[float] = []
+        self.proxy: HTTPProxy | TCPProxy
+        self.factory: Factory
+        if mode == "tcp":
+            self.proxy = TCPProxy.from_config(
+                self.config, self.registry, self.reactor, self.reactor, self._observe
+            )
+            self.factory = TCPProxyFactory(self.proxy)
+        else:
+            self.proxy = HTTPProxy.from_config(
+                self.config,
+                self.registry,
+                self.reactor,
+                self.reactor,
+                self.records.append,
+                self._observe,
+            )
+            self.factory = front_end(
+                self.proxy, pages.notFound(), self.config.client, self.reactor
+            )
+
+    def _observe(self, backend: Any, status: int, seconds: float) -> None:
+        self.observed.append((backend.name, status))
+        self.seconds.append(seconds)
 
     def client(self) -> Client:
-        return Client(self)
+        return Client(self.factory)
+
+    def connects(self) -> list[tuple[str, int, float]]:
+        """The pending backend connection attempts: host, port, timeout."""
+        return [(c[0], c[1], c[3]) for c in self.reactor.tcpClients]
 
     def pending_connects(self) -> list[tuple[str, int]]:
-        return [(c[0], c[1]) for c in self.reactor.tcpClients[self._accepted :]]
+        return [(host, port) for host, port, _ in self.connects()]
 
-    def accept(self) -> Backend:
-        """Complete the oldest pending backend connection attempt."""
-        factory = self.reactor.tcpClients[self._accepted][2]
-        self._accepted += 1
+    def accept(self, index: int = 0) -> Backend:
+        """Complete a pending backend connection attempt (the oldest by default)."""
+        factory = self.reactor.tcpClients.pop(index)[2]
+        self.reactor.connectors.pop(index)
         proto = factory.buildProtocol(None)
-        transport = StringTransportWithDisconnection()
+        transport = FakeTCP(host=("127.0.0.1", 50000), peer=("127.0.0.1", 9001))
         transport.protocol = proto
         proto.makeConnection(transport)
         return Backend(proto, transport)
 
-    def refuse(self) -> None:
-        """Fail the oldest pending backend connection attempt."""
-        factory = self.reactor.tcpClients[self._accepted][2]
-        self._accepted += 1
+    def refuse(self, index: int = 0) -> None:
+        """Fail a pending backend connection attempt (the oldest by default)."""
+        factory = self.reactor.tcpClients.pop(index)[2]
+        self.reactor.connectors.pop(index)
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
 
     def active(self) -> list[int]:
         return [b.active for b in self.registry.backends]
+
+    def failures(self) -> list[int]:
+        return [b.failures for b in self.registry.backends]
+
+
+def registry_of(
+    backends: Iterable[BackendConfig],
+    clock: IReactorTime,
+    algorithm: str = "least_conn",
+    outlier: OutlierConfig | None = None,
+    **balancing: Any,
+) -> Registry:
+    """
+    A registry of exactly C{backends}, built as tap builds one
+    (C{Registry.from_config}); C{balancing} sets L{BalancingConfig} keys.
+    """
+    config = Config(
+        filename="test.ini",
+        backends=tuple(backends),
+        balancing=BalancingConfig(algorithm=algorithm, **balancing),
+        outlier=outlier or OutlierConfig(),
+    )
+    return Registry.from_config(config, clock)

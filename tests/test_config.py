@@ -56,12 +56,12 @@ class ParseTests(SynchronousTestCase):
         """A file with only a backend gets documented defaults."""
         config = parse("[backend:a]\naddress = localhost:80\n")
         self.assertEqual(config.listen, ("tcp:8080",))
-        self.assertEqual(config.algorithm, "least_conn")
-        self.assertEqual(config.backend_timeout, 30.0)
-        self.assertEqual(config.connect_timeout, 3.0)
-        self.assertEqual(config.retries, 2)
+        self.assertEqual(config.balancing.algorithm, "least_conn")
+        self.assertEqual(config.proxy.backend_timeout, 30.0)
+        self.assertEqual(config.proxy.connect_timeout, 3.0)
+        self.assertEqual(config.proxy.retries, 2)
         self.assertEqual(config.health.interval, 2.0)
-        self.assertEqual(config.access_log, "")
+        self.assertEqual(config.observe.access_log, "")
 
     def test_durations(self) -> None:
         """Durations accept ms, s, m and plain seconds, and nothing else."""
@@ -207,7 +207,9 @@ class FailureHandlingKeysTests(SynchronousTestCase):
             "max_ejection_time = 1m\nmax_ejected_percent = 34\n"
             "[backend:a]\naddress = h:1\n"
         )
-        self.assertEqual((config.retry_budget, config.panic_threshold), (25, 50))
+        self.assertEqual(
+            (config.proxy.retry_budget, config.balancing.panic_threshold), (25, 50)
+        )
         self.assertEqual(
             config.health.expect_status, ((200, 200), (204, 206), (300, 399))
         )
@@ -258,7 +260,9 @@ class FailureHandlingKeysTests(SynchronousTestCase):
 class TrustedProxiesConfigTests(SynchronousTestCase):
     def test_default_trusts_nobody(self) -> None:
         """Without trusted_proxies no address is trusted."""
-        self.assertEqual(parse("[backend:a]\naddress = h:1\n").trusted_proxies, ())
+        self.assertEqual(
+            parse("[backend:a]\naddress = h:1\n").proxy.trusted_proxies, ()
+        )
 
     def test_addresses_and_networks(self) -> None:
         """Addresses become one-host networks; host bits of a CIDR are ignored."""
@@ -267,7 +271,7 @@ class TrustedProxiesConfigTests(SynchronousTestCase):
             "[backend:a]\naddress = h:1\n"
         )
         self.assertEqual(
-            [str(n) for n in config.trusted_proxies],
+            [str(n) for n in config.proxy.trusted_proxies],
             ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"],
         )
 
@@ -286,7 +290,7 @@ class TCPModeKeysTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """idle_timeout defaults to 10 minutes and proxy_protocol to none."""
         config = parse("[backend:a]\naddress = h:1\n")
-        self.assertEqual(config.idle_timeout, 600.0)
+        self.assertEqual(config.proxy.idle_timeout, 600.0)
         self.assertEqual(config.backends[0].proxy_protocol, "none")
 
     def test_tcp_mode_keys(self) -> None:
@@ -299,7 +303,7 @@ class TCPModeKeysTests(SynchronousTestCase):
             "[backend:c]\naddress = h:3\n"
         )
         self.assertEqual(config.mode, "tcp")
-        self.assertEqual(config.idle_timeout, 90.0)
+        self.assertEqual(config.proxy.idle_timeout, 90.0)
         self.assertEqual(
             [b.proxy_protocol for b in config.backends], ["v1", "v2", "none"]
         )
@@ -307,7 +311,9 @@ class TCPModeKeysTests(SynchronousTestCase):
     def test_idle_timeout_zero_is_never(self) -> None:
         """idle_timeout = 0 is allowed (never); a bad value names the key."""
         self.assertEqual(
-            parse("[txlb]\nidle_timeout = 0\n[backend:a]\naddress=h:1\n").idle_timeout,
+            parse(
+                "[txlb]\nidle_timeout = 0\n[backend:a]\naddress=h:1\n"
+            ).proxy.idle_timeout,
             0.0,
         )
         with self.assertRaises(ConfigError) as caught:
@@ -351,7 +357,9 @@ class BackendProtectionKeysTests(SynchronousTestCase):
         """No limit, a queue of 1024 and a 5 s queue timeout by default."""
         config = parse("[backend:a]\naddress = h:1\n")
         self.assertEqual(config.backends[0].max_connections, 0)
-        self.assertEqual((config.queue_size, config.queue_timeout), (1024, 5.0))
+        self.assertEqual(
+            (config.balancing.queue_size, config.balancing.queue_timeout), (1024, 5.0)
+        )
 
     def test_values(self) -> None:
         """max_connections per backend; queue_size 0 (no queue) is allowed."""
@@ -361,7 +369,9 @@ class BackendProtectionKeysTests(SynchronousTestCase):
             "[backend:b]\naddress = h:2\n"
         )
         self.assertEqual([b.max_connections for b in config.backends], [4, 0])
-        self.assertEqual((config.queue_size, config.queue_timeout), (0, 0.25))
+        self.assertEqual(
+            (config.balancing.queue_size, config.balancing.queue_timeout), (0, 0.25)
+        )
 
     def test_bad_values(self) -> None:
         """Bad values are named in one line with what is allowed."""

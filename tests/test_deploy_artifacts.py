@@ -502,7 +502,7 @@ def test_bootstrap_lb_ini() -> None:
     ]
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
     assert "server 127.0.0.1:8080;" in (REPO / "nginx" / "txlb.conf").read_text()
-    assert [str(n) for n in config.trusted_proxies] == ["127.0.0.1/32"]
+    assert [str(n) for n in config.proxy.trusted_proxies] == ["127.0.0.1/32"]
     empty = subprocess.run(
         ["bash", str(BOOTSTRAP), "lb-ini", " "], capture_output=True, text=True
     )

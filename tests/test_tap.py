@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from txlb.http.frontend import HTTPFrontendFactory
-from txlb.http.proxy import Router
+from txlb.http.routing import Router
 from txlb.tap import Options, makeService
 from txlb.tcp.proxy import TCPProxyFactory
 

@@ -4,42 +4,74 @@ Parse and validate ``lb.ini``.
 ``parse(text, filename)`` is pure: it returns a frozen L{Config} or raises
 L{ConfigError}, whose message is one line naming the file, the section, the
 key and what is allowed.  Nothing here touches the network or the reactor.
+
+Every key is declared once, as a field of the frozen class of the part that
+reads it (L{txlb.schema.key}: default, converter, what is allowed): the
+front end's L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
+L{BalancingConfig}, the stats' L{ObserveConfig} (all in ``[txlb]``, declared
+in L{txlb.settings}), L{HealthConfig} (``[health]``), L{OutlierConfig}
+(``[outlier]``) and L{BackendConfig} (``[backend:NAME]``).  Each part is
+given its own value.
 """
 
 from __future__ import annotations
 
 import configparser
-import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
+from txlb import schema
+from txlb.schema import (
+    DURATION,
+    POSITIVE_DURATION,
+    Address,
+    KeySpec,
+    Network,
+    key,
+    keys_of,
+    one_of,
+    parse_duration,
+    parse_size,
+)
+from txlb.settings import (
+    ALGORITHMS,
+    BalancingConfig,
+    ClientConfig,
+    ObserveConfig,
+    ProxyConfig,
+)
+
 __all__ = [
+    "ALGORITHMS",
     "Address",
     "BackendConfig",
+    "BalancingConfig",
+    "ClientConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
     "Network",
+    "ObserveConfig",
     "OutlierConfig",
+    "ProxyConfig",
     "load",
     "parse",
     "parse_duration",
     "parse_size",
+    "txlb_keys",
 ]
 
-T = TypeVar("T")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 MODES = ("http", "tcp")
-ALGORITHMS = ("least_conn", "round_robin", "least_time")
-LOG_FORMATS = ("combined", "json")
 PROXY_PROTOCOLS = ("none", "v1", "v2")
 INITIAL_STATES = ("healthy", "unknown")
+SOURCES = ("static", "admin")
+"""Where a backend came from (discovery sections add their own)."""
+
 _HEALTH_OVERRIDE = "health_"
+_BACKEND_PREFIX = "backend:"
 
 
 class ConfigError(Exception):
@@ -64,53 +96,69 @@ class ConfigError(Exception):
 
 
 @attrs.frozen
-class Address:
-    """A backend's host and TCP port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-@attrs.frozen
 class HealthConfig:
-    """Active health-check settings (the ``[health]`` section)."""
+    """Active health checks (``[health]``; per backend as ``health_KEY``)."""
 
-    path: str = "/health"
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
-    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)
-    expect_body: str = ""
-    slow_start: float = 0.0
-    initial_state: str = "healthy"
+    path: str = key(
+        "/health",
+        schema.path,
+        "an absolute path such as /health, or empty for a TCP check",
+    )
+    interval: float = key(2.0, schema.positive_duration, POSITIVE_DURATION)
+    timeout: float = key(1.0, schema.positive_duration, POSITIVE_DURATION)
+    rise: int = key(2, schema.positive_count, "a whole number, 1 or more")
+    fall: int = key(3, schema.positive_count, "a whole number, 1 or more")
+    expect_status: tuple[tuple[int, int], ...] = key(
+        ((200, 399),), schema.statuses, "codes or ranges, e.g. 200-399, 200,204 or 2xx"
+    )
+    expect_body: str = key(
+        "", schema.text, "text the probe's answer must contain (empty: any)"
+    )
+    slow_start: float = key(0.0, schema.parse_duration, "0 (off) or " + DURATION)
+    initial_state: str = key(
+        "healthy", schema.choice(INITIAL_STATES), one_of(INITIAL_STATES)
+    )
 
 
 @attrs.frozen
 class OutlierConfig:
     """Passive checks: ejecting backends that fail real requests (``[outlier]``)."""
 
-    consecutive_failures: int = 5
-    base_ejection_time: float = 30.0
-    max_ejection_time: float = 300.0
-    max_ejected_percent: int = 50
+    consecutive_failures: int = key(5, schema.count, "a whole number, 0 (off) or more")
+    base_ejection_time: float = key(30.0, schema.positive_duration, POSITIVE_DURATION)
+    max_ejection_time: float = key(300.0, schema.positive_duration, POSITIVE_DURATION)
+    max_ejected_percent: int = key(
+        50, schema.percent, "a percentage of backends, 0 to 100"
+    )
 
 
 @attrs.frozen
 class BackendConfig:
-    """One ``[backend:NAME]`` section."""
+    """
+    One backend: a ``[backend:NAME]`` section, or one found elsewhere.
+
+    @ivar source: where it came from: C{static} (lb.ini) or C{admin}.
+    """
 
     name: str
-    address: Address
-    weight: float = 1.0
+    address: Address = key(
+        attrs.NOTHING, schema.address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"
+    )
+    weight: float = key(
+        1.0, schema.bounded(0, 1000), "a number above 0 and at most 1000"
+    )
     health: HealthConfig = HealthConfig()
-    proxy_protocol: str = "none"
-    max_connections: int = 0
+    proxy_protocol: str = key(
+        "none",
+        schema.choice(PROXY_PROTOCOLS),
+        one_of(PROXY_PROTOCOLS) + " (PROXY protocol header, tcp mode)",
+    )
+    max_connections: int = key(
+        0,
+        schema.count,
+        "a whole number, 0 (unlimited) or more: requests or connections at once",
+    )
+    source: str = "static"
 
 
 @attrs.frozen
@@ -119,332 +167,61 @@ class Config:
 
     filename: str
     backends: tuple[BackendConfig, ...]
-    listen: tuple[str, ...] = ("tcp:8080",)
-    mode: str = "http"
-    algorithm: str = "least_conn"
-    stats_listen: str = ""
-    connect_timeout: float = 3.0
-    backend_timeout: float = 30.0
-    idle_timeout: float = 600.0
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    body_min_rate: int = 1024
-    keepalive_timeout: float = 60.0
-    client_timeout: float = 60.0
-    max_clients: int = 10000
-    max_header_size: int = 32768
-    max_uri_length: int = 8192
-    max_body_size: int = 0
-    retries: int = 2
-    idle_pool_size: int = 64
-    access_log: str = ""
-    access_log_format: str = "combined"
-    admin_token_file: str = ""
-    events_rate: float = 2.0
-    trusted_proxies: tuple[Network, ...] = ()
-    retry_budget: int = 50
-    ewma_decay: float = 10.0
-    panic_threshold: int = 0
-    shutdown_timeout: float = 30.0
-    queue_size: int = 1024
-    queue_timeout: float = 5.0
+    listen: tuple[str, ...] = key(
+        ("tcp:8080",),
+        schema.endpoints,
+        "a comma list of Twisted endpoints such as tcp:8080",
+    )
+    mode: str = key("http", schema.choice(MODES), one_of(MODES))
+    stats_listen: str = key(
+        "", schema.text, "empty or a Twisted endpoint such as tcp:9000"
+    )
+    shutdown_timeout: float = key(30.0, schema.parse_duration, DURATION)
+    client: ClientConfig = ClientConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    balancing: BalancingConfig = BalancingConfig()
+    observe: ObserveConfig = ObserveConfig()
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """
-    Parse C{500ms}, C{2s}, C{1m} or plain seconds (C{1.5}) into seconds.
-
-    @raise ValueError: for anything else.
-    """
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(text)
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
-def _duration(text: str) -> float:
-    return parse_duration(text)
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
-_SIZE_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """A byte count: plain bytes, or with a k, m or g suffix (KiB, MiB, GiB)."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(text)
-    return int(match[1]) * _SIZE_UNIT[match[2].lower()]
-
-
-def _positive_size(text: str) -> int:
-    value = parse_size(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _positive_count(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _weight(text: str) -> float:
-    value = float(text.strip())
-    if not (0 < value <= 1000):
-        raise ValueError(text)
-    return value
-
-
-def _events_rate(text: str) -> float:
-    value = float(text.strip())
-    if not (0 < value <= 20):
-        raise ValueError(text)
-    return value
-
-
-def _percent(text: str) -> int:
-    value = int(text.strip().removesuffix("%"))
-    if not 0 <= value <= 100:
-        raise ValueError(text)
-    return value
-
-
-def _statuses(text: str) -> tuple[tuple[int, int], ...]:
-    ranges = []
-    for raw in text.split(","):
-        item = raw.strip().lower()
-        if len(item) == 3 and item.endswith("xx") and item[0] in "12345":
-            low = int(item[0]) * 100
-            ranges.append((low, low + 99))
-            continue
-        low_text, _, high_text = item.partition("-")
-        low = int(low_text)
-        high = int(high_text) if high_text else low
-        if not 100 <= low <= high <= 599:
-            raise ValueError(text)
-        ranges.append((low, high))
-    return tuple(ranges)
-
-
-def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        value = text.strip()
-        if value not in allowed:
-            raise ValueError(text)
-        return value
-
-    return convert
-
-
-def _endpoints(text: str) -> tuple[str, ...]:
-    items = tuple(item.strip() for item in text.split(",") if item.strip())
-    if not items:
-        raise ValueError(text)
-    return items
-
-
-def _path(text: str) -> str:
-    value = text.strip()
-    if not value:
-        return value  # no HTTP path: a TCP connect check
-    if not value.startswith("/") or any(c in value for c in " \r\n\t"):
-        raise ValueError(text)
-    return value
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
-def _networks(text: str) -> tuple[Network, ...]:
-    """A comma list of IP addresses and CIDR networks; empty is none."""
-    networks: list[Network] = []
-    for item in text.split(","):
-        if item.strip():
-            # strict=False: 10.1.2.3/8 means 10.0.0.0/8, as in nginx and HAProxy.
-            networks.append(ipaddress.ip_network(item.strip(), strict=False))
-    return tuple(networks)
-
-
-def _address(text: str) -> Address:
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-    else:
-        host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(text)
-    return Address(host, int(port))
-
-
-_DURATION_HELP = "a duration such as 500ms, 2s, 1m or plain seconds"
-
-# key -> (converter, what is allowed, Config field)
-_TXLB_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
-    "listen": (_endpoints, "a comma list of Twisted endpoints such as tcp:8080"),
-    "mode": (_choice(MODES), "one of " + ", ".join(MODES)),
-    "algorithm": (_choice(ALGORITHMS), "one of " + ", ".join(ALGORITHMS)),
-    "stats_listen": (_text, "empty or a Twisted endpoint such as tcp:9000"),
-    "connect_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "backend_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "idle_timeout": (
-        _duration,
-        "0 (never) or " + _DURATION_HELP + "; closes a TCP-mode connection or"
-        " WebSocket with no byte either way for that long",
-    ),
-    "header_timeout": (
-        _positive_duration,
-        "a positive " + _DURATION_HELP[2:] + "; the whole request head must"
-        " arrive within it, else 408",
-    ),
-    "body_timeout": (
-        _positive_duration,
-        "a positive " + _DURATION_HELP[2:] + "; the request body must arrive"
-        " within it, plus 1s per body_min_rate bytes received, else 408",
-    ),
-    "body_min_rate": (
-        _count,
-        "bytes per second, 0 (body_timeout is the whole body's deadline) or more",
-    ),
-    "keepalive_timeout": (
-        _positive_duration,
-        "a positive " + _DURATION_HELP[2:] + "; an idle client connection"
-        " between requests is closed after it",
-    ),
-    "client_timeout": (
-        _positive_duration,
-        "a positive " + _DURATION_HELP[2:] + "; a client that reads none of"
-        " its response for that long is disconnected",
-    ),
-    "max_clients": (
-        _positive_count,
-        "a whole number, 1 or more: client connections at once (more are refused)",
-    ),
-    "max_header_size": (
-        _positive_size,
-        "a size such as 32k or 32768 (bytes): the request head's limit, else 431",
-    ),
-    "max_uri_length": (
-        _positive_size,
-        "a size such as 8k or 8192 (bytes): the request target's limit, else 414",
-    ),
-    "max_body_size": (
-        parse_size,
-        "0 (unlimited) or a size such as 10m or 1048576 (bytes), else 413",
-    ),
-    "retries": (_count, "a whole number, 0 or more"),
-    "idle_pool_size": (_count, "a whole number, 0 or more"),
-    "access_log": (_text, "empty (off), - for standard output, or a file path"),
-    "access_log_format": (_choice(LOG_FORMATS), "one of " + ", ".join(LOG_FORMATS)),
-    "retry_budget": (_percent, "a percentage of live requests, 0 to 100"),
-    "ewma_decay": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "panic_threshold": (_percent, "a percentage of healthy backends, 0 (off) to 100"),
-    "shutdown_timeout": (_duration, _DURATION_HELP),
-    "admin_token_file": (
-        _text,
-        "empty (admin actions off) or the path of a file holding the admin token",
-    ),
-    "events_rate": (
-        _events_rate,
-        "server-sent events per second on /api/events, above 0 and at most 20",
-    ),
-    "queue_size": (
-        _count,
-        "a whole number, 0 (no queue: 503 at once) or more; requests waiting"
-        " for a backend below its max_connections",
-    ),
-    "queue_timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "trusted_proxies": (
-        _networks,
-        "empty (trust no one) or a comma list of addresses and networks whose"
-        " X-Forwarded-For is believed, e.g. 127.0.0.1, 10.0.0.0/8, ::1",
-    ),
+# The [txlb] section: Config's own keys and those of its groups.
+_TXLB_GROUPS: dict[str, type] = {
+    "client": ClientConfig,
+    "proxy": ProxyConfig,
+    "balancing": BalancingConfig,
+    "observe": ObserveConfig,
 }
-_HEALTH_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
-    "path": (_path, "an absolute path such as /health, or empty for a TCP check"),
-    "interval": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "timeout": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "rise": (_positive_count, "a whole number, 1 or more"),
-    "fall": (_positive_count, "a whole number, 1 or more"),
-    "expect_status": (_statuses, "codes or ranges, e.g. 200-399, 200,204 or 2xx"),
-    "expect_body": (_text, "text the probe's answer must contain (empty: any)"),
-    "slow_start": (_duration, "0 (off) or " + _DURATION_HELP),
-    "initial_state": (_choice(INITIAL_STATES), "one of " + ", ".join(INITIAL_STATES)),
-}
-_OUTLIER_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
-    "consecutive_failures": (_count, "a whole number, 0 (off) or more"),
-    "base_ejection_time": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "max_ejection_time": (_positive_duration, "a positive " + _DURATION_HELP[2:]),
-    "max_ejected_percent": (_percent, "a percentage of backends, 0 to 100"),
-}
-_BACKEND_KEYS: Mapping[str, tuple[Callable[[str], object], str]] = {
-    "address": (_address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"),
-    "weight": (_weight, "a number above 0 and at most 1000"),
-    "max_connections": (
-        _count,
-        "a whole number, 0 (unlimited) or more: requests or connections at once",
-    ),
-    "proxy_protocol": (
-        _choice(PROXY_PROTOCOLS),
-        "one of " + ", ".join(PROXY_PROTOCOLS) + " (PROXY protocol header, tcp mode)",
-    ),
-    # Per-backend overrides of the [health] keys.
+
+
+def txlb_keys() -> dict[str, tuple[str, KeySpec]]:
+    """Every ``[txlb]`` key, with the L{Config} field ('' for its own) it sets."""
+    found = {name: ("", spec) for name, spec in keys_of(Config).items()}
+    for group, cls in _TXLB_GROUPS.items():
+        found.update((name, (group, spec)) for name, spec in keys_of(cls).items())
+    return found
+
+
+_TXLB_KEYS = txlb_keys()
+_TXLB_SPECS = {name: spec for name, (_, spec) in _TXLB_KEYS.items()}
+_HEALTH_KEYS = keys_of(HealthConfig)
+_OUTLIER_KEYS = keys_of(OutlierConfig)
+_BACKEND_KEYS: dict[str, KeySpec] = {
+    **keys_of(BackendConfig),
     **{
-        _HEALTH_OVERRIDE + key: value
-        for key, value in _HEALTH_KEYS.items()
-        if key != "initial_state"
+        _HEALTH_OVERRIDE + name: attrs.evolve(spec, name=_HEALTH_OVERRIDE + name)
+        for name, spec in _HEALTH_KEYS.items()
+        if name != "initial_state"
     },
 }
-_BACKEND_PREFIX = "backend:"
 
 
-def _section(
-    filename: str,
-    name: str,
-    items: Mapping[str, str],
-    keys: Mapping[str, tuple[Callable[[str], object], str]],
-) -> dict[str, object]:
-    values: dict[str, object] = {}
-    for key, raw in items.items():
-        if key not in keys:
-            raise ConfigError(
-                filename,
-                "unknown key; allowed: " + ", ".join(keys),
-                name,
-                key,
-            )
-        convert, allowed = keys[key]
-        try:
-            values[key] = convert(raw)
-        except ValueError:
-            raise ConfigError(
-                filename, f"{raw.strip()!r} is not valid; expected {allowed}", name, key
-            ) from None
-    return values
+def _read(
+    filename: str, section: str, items: Mapping[str, str], keys: Mapping[str, KeySpec]
+) -> dict[str, Any]:
+    return schema.read_keys(
+        items, keys, lambda name, why: ConfigError(filename, why, section, name)
+    )
 
 
 def parse(text: str, filename: str = "lb.ini") -> Config:
@@ -469,18 +246,20 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         first = str(e).splitlines()[0]
         raise ConfigError(filename, f"not an INI file: {first}") from None
 
-    top: dict[str, object] = {}
-    health: dict[str, object] = {}
-    outlier: dict[str, object] = {}
+    top: dict[str, Any] = {}
+    health: dict[str, Any] = {}
+    outlier: dict[str, Any] = {}
     backend_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
         items = dict(parser.items(name))
         if name == "txlb":
-            top = _section(filename, name, items, _TXLB_KEYS)
+            top = _read(
+                filename, name, items, {k: s for k, (_, s) in _TXLB_KEYS.items()}
+            )
         elif name == "health":
-            health = _section(filename, name, items, _HEALTH_KEYS)
+            health = _read(filename, name, items, _HEALTH_KEYS)
         elif name == "outlier":
-            outlier = _section(filename, name, items, _OUTLIER_KEYS)
+            outlier = _read(filename, name, items, _OUTLIER_KEYS)
         elif name.startswith(_BACKEND_PREFIX):
             backend_sections.append((name, items))
         else:
@@ -493,19 +272,25 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         raise ConfigError(
             filename, "no backends; add at least one [backend:NAME] with an address"
         )
-    health_config = HealthConfig(**health)  # type: ignore[arg-type]
+    health_config = HealthConfig(**health)
     _check_health(filename, "health", "", health_config)
     seen_addresses: dict[Address, str] = {}
     backends = [
         _backend(filename, name, items, seen_addresses, health_config)
         for name, items in backend_sections
     ]
+    own: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {group: {} for group in _TXLB_GROUPS}
+    for name, value in top.items():
+        group = _TXLB_KEYS[name][0]
+        (groups[group] if group else own)[name] = value
     config = Config(
         filename=filename,
         backends=tuple(backends),
         health=health_config,
-        outlier=OutlierConfig(**outlier),  # type: ignore[arg-type]
-        **top,  # type: ignore[arg-type]
+        outlier=OutlierConfig(**outlier),
+        **{group: _TXLB_GROUPS[group](**values) for group, values in groups.items()},
+        **own,
     )
     _check_mode(config)
     return config
@@ -541,6 +326,14 @@ def _check_health(
         )
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def valid_name(name: str) -> bool:
+    """Whether C{name} may name a backend: 1-64 letters, digits, '_', '.', '-'."""
+    return _NAME.fullmatch(name) is not None
+
+
 def _backend(
     filename: str,
     section: str,
@@ -549,22 +342,21 @@ def _backend(
     health: HealthConfig,
 ) -> BackendConfig:
     name = section[len(_BACKEND_PREFIX) :].strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+    if not valid_name(name):
         raise ConfigError(
             filename,
             "backend name must be 1-64 letters, digits, '_', '.' or '-'",
             section,
         )
-    values = _section(filename, section, items, _BACKEND_KEYS)
+    values = _read(filename, section, items, _BACKEND_KEYS)
     if "address" not in values:
         raise ConfigError(
             filename,
-            "missing; expected " + _BACKEND_KEYS["address"][1],
+            "missing; expected " + _BACKEND_KEYS["address"].allowed,
             section,
             "address",
         )
     address = values["address"]
-    assert isinstance(address, Address)
     if address in seen:
         raise ConfigError(
             filename,
@@ -579,9 +371,9 @@ def _backend(
         if key.startswith(_HEALTH_OVERRIDE)
     }
     if overrides:
-        health = attrs.evolve(health, **overrides)  # type: ignore[arg-type]
+        health = attrs.evolve(health, **overrides)
         _check_health(filename, section, _HEALTH_OVERRIDE, health)
-    return BackendConfig(name=name, health=health, **values)  # type: ignore[arg-type]
+    return BackendConfig(name=name, health=health, **values)
 
 
 def load(path: str) -> Config:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Collection
+from typing import Any, ClassVar, Protocol
 
 import prometheus_client
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -25,19 +26,18 @@ from txlb.config import Config, ConfigError, load
 from txlb.core.registry import Registry
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
-from txlb.http.frontend import Limits
-from txlb.http.proxy import HTTPProxy, front_end
-from txlb.lifecycle.shutdown import Lifecycle, Reloader, ReloadOnSignal
+from txlb.http.proxy import HTTPProxy
+from txlb.http.routing import front_end
+from txlb.lifecycle.reload import Reloader
+from txlb.lifecycle.shutdown import Drainable, Lifecycle
+from txlb.lifecycle.signals import ReloadOnSignal
 from txlb.net import fastio
+from txlb.net.admission import ClientLimit
 from txlb.observe.accesslog import AccessLog
+from txlb.observe.admin import AdminTokenError, read_admin_token
+from txlb.observe.assets import WebAssets, find_web_root
 from txlb.observe.stats import Sampler
-from txlb.observe.webapp import (
-    AdminTokenError,
-    StatsApp,
-    WebAssets,
-    find_web_root,
-    read_admin_token,
-)
+from txlb.observe.webapp import StatsApp
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
 
 __all__ = ["Options", "makeService"]
@@ -111,6 +111,19 @@ def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
     return listen, stats
 
 
+class ClientSide(Protocol):
+    """What each mode's client side shows the drain and the stats."""
+
+    @property
+    def connections(self) -> Collection[Drainable]: ...
+
+    @property
+    def limit(self) -> ClientLimit: ...
+
+    @property
+    def rejected(self) -> int: ...
+
+
 class _ProxyCloser(Service):
     """Closes the backend pools when the service stops."""
 
@@ -136,27 +149,19 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     reactor.callWhenRunning(tune_gc)
     # Stops the listeners first and drains the connections (SIGTERM).
     top = Lifecycle(reactor, config.shutdown_timeout)
-    registry = Registry(
-        config.backends,
-        reactor,
-        config.algorithm,
-        outlier=config.outlier,
-        panic_threshold=config.panic_threshold,
-        ewma_decay=config.ewma_decay,
-        queue_size=config.queue_size,
-        queue_timeout=config.queue_timeout,
-    )
+    registry = Registry.from_config(config, reactor)
 
     access_log = None
-    if config.access_log:
+    observe = config.observe
+    if observe.access_log:
         try:
             access_log = AccessLog.open(
-                config.access_log, config.access_log_format, reactor, reactor
+                observe.access_log, observe.access_log_format, reactor, reactor
             )
         except OSError as e:
             sys.stderr.write(
                 f"txlb: {config.filename}: [txlb] access_log: cannot open"
-                f" {config.access_log!r}: {e.strerror}\n"
+                f" {observe.access_log!r}: {e.strerror}\n"
             )
             sys.exit(1)
         access_log.setServiceParent(top)
@@ -165,60 +170,45 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     Sampler(app.stats, reactor).setServiceParent(top)
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
-    front: Any
+    front: Factory
+    clients: ClientSide
     if config.mode == "tcp":
         # Raw TCP on every listen endpoint; the stats app is only on
         # stats_listen, which the config requires in this mode.
-        front = TCPProxyFactory(
-            TCPProxy(registry, reactor, reactor, config, app.observe)
-        )
+        tcp = TCPProxy.from_config(config, registry, reactor, reactor, app.observe)
+        front = TCPProxyFactory(tcp)
+        clients = tcp
     else:
-        proxy = HTTPProxy(registry, reactor, reactor, config, access_log, app.observe)
-        _ProxyCloser(proxy).setServiceParent(top)
-        front = front_end(
-            proxy,
-            stats,
-            Limits.from_config(config),
-            reactor,
-            reserve=stats_endpoint is None,
+        proxy = HTTPProxy.from_config(
+            config, registry, reactor, reactor, access_log, app.observe
         )
-    app.stats.clients = _client_counters(front)
+        _ProxyCloser(proxy).setServiceParent(top)
+        http = front_end(
+            proxy, stats, config.client, reactor, reserve=stats_endpoint is None
+        )
+        front = clients = http
+    top.watch(clients.connections)
+    app.stats.clients = lambda: {
+        "connections": len(clients.connections),
+        "refused": clients.limit.refused,
+        "rejected": clients.rejected,
+    }
     for endpoint in listen:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
 
-    health = HealthChecker(
+    HealthChecker.from_config(
+        config,
         registry,
         HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
         TCPProbe(reactor),
         reactor,
-        {b.name: b.health for b in config.backends},
-    )
-    health.setServiceParent(top)
-    if config.mode == "tcp":
-        top.watch(front.proxy.connections)
-        reloader = Reloader(config, registry, reactor, health, app, tcp=front.proxy)
-    else:
-        top.watch(front.connections)
-        reloader = Reloader(config, registry, reactor, health, app, http=proxy)
+    ).setServiceParent(top)
     # SIGHUP re-reads the same file.
+    reloader = Reloader(config, registry)
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
-
-
-def _client_counters(front: Any) -> Callable[[], dict[str, int]]:
-    """The front end's counters, for C{/api/server-stats} under C{clients}."""
-    counted = front.proxy if isinstance(front, TCPProxyFactory) else front
-
-    def counters() -> dict[str, int]:
-        return {
-            "connections": len(counted.connections),
-            "refused": counted.limit.refused,
-            "rejected": getattr(counted, "rejected", 0),
-        }
-
-    return counters
 
 
 def tune_gc() -> None:
@@ -243,9 +233,10 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
     # Per-label "_created" series would double /metrics for no use here.
     prometheus_client.disable_created_metrics()
     admin_token = None
-    if config.admin_token_file:
+    token_file = config.observe.admin_token_file
+    if token_file:
         try:
-            admin_token = read_admin_token(config.admin_token_file)
+            admin_token = read_admin_token(token_file)
         except AdminTokenError as e:
             sys.stderr.write(f"txlb: {config.filename}: [txlb] admin_token_file: {e}\n")
             sys.exit(1)
@@ -259,7 +250,7 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         reactor,
         assets=assets,
         admin_token=admin_token,
-        events_rate=config.events_rate,
+        events_rate=config.observe.events_rate,
     )
 
 

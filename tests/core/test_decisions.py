@@ -26,7 +26,8 @@ weight = 2
 def _registry(algorithm: str = "least_conn") -> tuple[Clock, Registry]:
     clock = Clock()
     clock.advance(100)
-    return clock, Registry(parse(CONFIG).backends, clock, algorithm)
+    text = f"[txlb]\nalgorithm = {algorithm}\n" + CONFIG
+    return clock, Registry.from_config(parse(text), clock)
 
 
 class DecisionLogTests(SynchronousTestCase):
@@ -139,7 +140,7 @@ class DecisionLogTests(SynchronousTestCase):
         )
         clock = Clock()
         clock.advance(100)
-        registry = Registry(parse(config).backends, clock)
+        registry = Registry.from_config(parse(config), clock)
         registry.acquire()
         self.assertEqual(len(registry.decisions), 1)
         due = 100 / CANDIDATE_RATE
@@ -171,7 +172,7 @@ class DecisionLogTests(SynchronousTestCase):
             f"[backend:b{i}]\naddress = 127.0.0.1:{10000 + i}\n" for i in range(100)
         )
         clock = Clock()
-        registry = Registry(parse(text).backends, clock)
+        registry = Registry.from_config(parse(text), clock)
         registry.acquire()
         decision = registry.decisions.describe()[0]
         self.assertEqual(decision["candidates_total"], 100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import settings
@@ -12,10 +13,40 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import registry_of
 from txlb.config import Address, BackendConfig, HealthConfig, OutlierConfig
-from txlb.core import registry as registry_module
-from txlb.core.policies import least_conn, round_robin
+from txlb.core import selector as selector_module
+from txlb.core.policies import LeastConn, RoundRobin
+from txlb.core.queue import QUEUE_TIMEOUT, Refusal, Waiter
 from txlb.core.registry import Lease, Registry
+from txlb.observe import view
+
+
+class Callbacks:
+    """A queue client that calls back: on a lease, and on a queue timeout."""
+
+    def __init__(
+        self, on_lease: Callable[[Lease], None], on_timeout: Callable[[], None]
+    ) -> None:
+        self.on_lease = on_lease
+        self.on_timeout = on_timeout
+
+    def leased(self, lease: Lease) -> None:
+        self.on_lease(lease)
+
+    def refused(self, refusal: Refusal) -> None:
+        if refusal is QUEUE_TIMEOUT:
+            self.on_timeout()
+
+
+def wait(
+    registry: Registry,
+    exclude: Any,
+    on_lease: Callable[[Lease], None],
+    on_timeout: Callable[[], None],
+) -> Waiter | None:
+    """Queue for a lease when every backend C{exclude} allows is full."""
+    return registry.queue.lease_or_wait(Callbacks(on_lease, on_timeout), exclude)
 
 
 def backends(*weights: float) -> list[BackendConfig]:
@@ -26,7 +57,7 @@ def backends(*weights: float) -> list[BackendConfig]:
 
 
 def registry(*weights: float, algorithm: str = "least_conn") -> Registry:
-    return Registry(backends(*weights), Clock(), algorithm)
+    return registry_of(backends(*weights), Clock(), algorithm)
 
 
 class LeastConnTests(SynchronousTestCase):
@@ -91,14 +122,14 @@ class LeastConnTests(SynchronousTestCase):
     def test_history_records_reason_and_time(self) -> None:
         """A health change is kept with its time and cause."""
         clock = Clock()
-        r = Registry(backends(1), clock)
+        r = registry_of(backends(1), clock)
         clock.advance(5)
         r.set_healthy(r.backends[0], False, "3/3 probes timed out")
         last = r.backends[0].history[-1]
         self.assertEqual(
             (last.time, last.healthy, last.reason), (5, False, "3/3 probes timed out")
         )
-        self.assertEqual(r.snapshot()["backends"][0]["state"], "unhealthy")
+        self.assertEqual(view.snapshot(r, 0.0)["backends"][0]["state"], "unhealthy")
 
     def test_round_robin(self) -> None:
         """round_robin ignores load and rotates."""
@@ -110,8 +141,8 @@ class LeastConnTests(SynchronousTestCase):
         """A policy reads its candidates and changes nothing."""
         r = registry(1, 2, 1)
         before = [(b.active, b.weight, b.vtime) for b in r.backends]
-        least_conn(r.backends)
-        round_robin(r.backends)
+        LeastConn().pick(r.backends)
+        RoundRobin().pick(r.backends)
         self.assertEqual(before, [(b.active, b.weight, b.vtime) for b in r.backends])
 
 
@@ -133,7 +164,7 @@ class LeaseTests(SynchronousTestCase):
         """The snapshot shows active and total counts and totals."""
         r = registry(1, 1)
         r.acquire()
-        snap = r.snapshot()
+        snap = view.snapshot(r, 0.0)
         self.assertEqual(snap["algorithm"], "least_conn")
         self.assertEqual(
             [
@@ -201,7 +232,7 @@ def stateful(
     settings = {"consecutive_failures": 3, "base_ejection_time": 10.0}
     settings.update(outlier)
     return (
-        Registry(
+        registry_of(
             configs, clock, outlier=OutlierConfig(**settings), panic_threshold=panic
         ),
         clock,
@@ -334,7 +365,7 @@ class PanicAndDrainTests(SynchronousTestCase):
         self.assertTrue(r.panic)
         picked = {r.acquire().backend.name for _ in range(8)}  # type: ignore[union-attr]
         self.assertEqual(picked, {"b0", "b1", "b2", "b3"})
-        self.assertTrue(r.snapshot()["totals"]["panic"])
+        self.assertTrue(view.snapshot(r, 0.0)["totals"]["panic"])
 
     def test_all_down_without_panic(self) -> None:
         """With no panic threshold and nobody healthy, nothing is chosen."""
@@ -382,11 +413,11 @@ class IndexTwins(RuleBasedStateMachine):
             )
             for i in range(self.size)
         ]
-        self.indexed = Registry(configs, self.clock)
-        self.scanned = Registry(configs, self.clock)
-        self.scanned._index = None
-        self.scanned._update_available()
-        assert self.indexed._indexed and not self.scanned._indexed
+        self.indexed = registry_of(configs, self.clock)
+        self.scanned = registry_of(configs, self.clock)
+        self.scanned.selector.index = None
+        self.scanned.selector.rotate(self.scanned.backends)
+        assert self.indexed.selector.indexed and not self.scanned.selector.indexed
         self.leases: list[tuple[Lease, Lease]] = []
 
     def both(self, index: int) -> tuple[Any, Any]:
@@ -446,7 +477,7 @@ class IndexTwins(RuleBasedStateMachine):
 class IndexTests(SynchronousTestCase):
     def test_index_picks_as_the_policy(self) -> None:
         """Hypothesis: the heap index and the pure policy always agree."""
-        self.patch(registry_module, "_INDEX_ABOVE", 1)
+        self.patch(selector_module, "INDEX_ABOVE", 1)
         IndexTwins.TestCase.settings = settings(
             max_examples=200, stateful_step_count=60, deadline=None
         )
@@ -455,20 +486,20 @@ class IndexTests(SynchronousTestCase):
     def test_index_stays_small(self) -> None:
         """Stale heap entries are dropped: the heap stays O(backends)."""
         configs = [BackendConfig(f"b{i}", Address("h", i + 1)) for i in range(100)]
-        registry = Registry(configs, Clock())
+        registry = registry_of(configs, Clock())
         for _ in range(10_000):
             lease = registry.acquire()
             assert lease is not None
             lease.release()
-        assert registry._index is not None
-        self.assertLess(len(registry._index._heap), 2 * 100 + 64 + 1)
+        assert registry.selector.index is not None
+        self.assertLess(len(registry.selector.index._heap), 2 * 100 + 64 + 1)
 
 
 class LeastTimeTests(SynchronousTestCase):
     def setup(self, n: int = 3, decay: float = 10.0) -> tuple[Registry, Clock]:
         clock = Clock()
         configs = [BackendConfig(f"b{i}", Address("h", i + 1)) for i in range(n)]
-        return Registry(configs, clock, "least_time", ewma_decay=decay), clock
+        return registry_of(configs, clock, "least_time", ewma_decay=decay), clock
 
     def sample(self, r: Registry, index: int, seconds: float) -> None:
         backend = r.backends[index]
@@ -560,7 +591,7 @@ def limited(
         for i, n in enumerate(limits)
     ]
     return (
-        Registry(
+        registry_of(
             configs,
             clock,
             algorithm,
@@ -578,9 +609,7 @@ class Recorder:
         self.events: list[tuple[str, str, str]] = []
         self.leases: dict[str, Lease] = {}
 
-    def wait(
-        self, registry: Registry, label: str, exclude: Any = ()
-    ) -> registry_module.Waiter | None:
+    def wait(self, registry: Registry, label: str, exclude: Any = ()) -> Waiter | None:
         def leased(lease: Lease) -> None:
             self.events.append(("lease", label, lease.backend.name))
             self.leases[label] = lease
@@ -588,7 +617,7 @@ class Recorder:
         def timed_out() -> None:
             self.events.append(("timeout", label, ""))
 
-        return registry.wait(exclude, leased, timed_out)
+        return wait(registry, exclude, leased, timed_out)
 
 
 def fill(r: Registry) -> list[Lease]:
@@ -658,7 +687,7 @@ class QueueTests(SynchronousTestCase):
         rec = Recorder()
         for label in "abc":
             self.assertIsNotNone(rec.wait(r, label))
-        self.assertEqual((r.queued, r.queued_total), (3, 3))
+        self.assertEqual((len(r.queue), r.queue.total), (3, 3))
         held.release()
         rec.leases["a"].release()
         rec.leases["b"].release()
@@ -666,7 +695,7 @@ class QueueTests(SynchronousTestCase):
             rec.events,
             [("lease", "a", "b0"), ("lease", "b", "b0"), ("lease", "c", "b0")],
         )
-        self.assertEqual(r.queued, 0)
+        self.assertEqual(len(r.queue), 0)
 
     def test_lease_given_after_release_is_complete(self) -> None:
         """
@@ -677,7 +706,7 @@ class QueueTests(SynchronousTestCase):
         (held,) = fill(r)
         b0 = r.backends[0]
         seen = []
-        r.wait((), lambda lease: seen.append((held.released, b0.active)), lambda: None)
+        wait(r, (), lambda lease: seen.append((held.released, b0.active)), lambda: None)
         held.release()
         self.assertEqual(seen, [(True, 1)])
 
@@ -689,15 +718,17 @@ class QueueTests(SynchronousTestCase):
         self.assertIsNotNone(rec.wait(r, "a"))
         self.assertIsNotNone(rec.wait(r, "b"))
         self.assertIsNone(rec.wait(r, "c"))
-        self.assertEqual((r.queued, r.queue_full_rejections), (2, 1))
-        self.assertEqual(r.totals()["queue_full_rejections"], 1)
+        self.assertEqual((len(r.queue), r.queue.full_rejections), (2, 1))
+        self.assertEqual(view.totals(r)["queue_full_rejections"], 1)
 
     def test_queue_size_zero(self) -> None:
         """queue_size = 0: nobody waits."""
         r, _ = limited(1, queue_size=0)
         fill(r)
         self.assertIsNone(Recorder().wait(r, "a"))
-        self.assertEqual((r.queued, r.queued_total, r.queue_full_rejections), (0, 0, 1))
+        self.assertEqual(
+            (len(r.queue), r.queue.total, r.queue.full_rejections), (0, 0, 1)
+        )
 
     def test_timeout(self) -> None:
         """After queue_timeout on the clock, on_timeout is called, once."""
@@ -711,11 +742,11 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(rec.events, [])
         clock.advance(0.001)
         self.assertEqual(rec.events, [("timeout", "a", "")])
-        self.assertEqual((r.queued, r.queue_timeouts), (1, 1))
+        self.assertEqual((len(r.queue), r.queue.timeouts), (1, 1))
         held.release()
         clock.advance(10)
         self.assertEqual(rec.events, [("timeout", "a", ""), ("lease", "b", "b0")])
-        self.assertEqual(r.queue_timeouts, 1)
+        self.assertEqual(r.queue.timeouts, 1)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_cancel_idempotent(self) -> None:
@@ -731,14 +762,14 @@ class QueueTests(SynchronousTestCase):
         assert a is not None and b is not None
         self.assertTrue(a.cancel())
         self.assertFalse(a.cancel())
-        self.assertEqual(r.queued, 1)
+        self.assertEqual(len(r.queue), 1)
         held.release()
         self.assertEqual(rec.events, [("lease", "b", "b0")])
         self.assertFalse(b.cancel())
         self.assertFalse(a.waiting or b.waiting)
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(60)
-        self.assertEqual(r.queue_timeouts, 0)
+        self.assertEqual(r.queue.timeouts, 0)
 
     def test_exclude_respected(self) -> None:
         """
@@ -776,12 +807,12 @@ class QueueTests(SynchronousTestCase):
             return leased
 
         for label in "abc":
-            r.wait((), quick(label), lambda: None)
+            wait(r, (), quick(label), lambda: None)
         held.release()
         self.assertEqual(
             order, ["a", "a released", "b", "b released", "c", "c released"]
         )
-        self.assertEqual((r.backends[0].active, r.queued), (0, 0))
+        self.assertEqual((r.backends[0].active, len(r.queue)), (0, 0))
         self.assertEqual(r.backends[0].total_requests, 4)
 
     def test_reentrant_wait_and_cancel(self) -> None:
@@ -800,7 +831,7 @@ class QueueTests(SynchronousTestCase):
             waiters["d"] = rec.wait(r, "d")
             lease.release()
 
-        r.wait((), leased, lambda: None)
+        wait(r, (), leased, lambda: None)
         waiters["b"] = rec.wait(r, "b")
         rec.wait(r, "c")
         held.release()
@@ -808,7 +839,7 @@ class QueueTests(SynchronousTestCase):
         rec.leases["c"].release()
         self.assertEqual(rec.events[-1], ("lease", "d", "b0"))
         rec.leases["d"].release()
-        self.assertEqual((r.backends[0].active, r.queued), (0, 0))
+        self.assertEqual((r.backends[0].active, len(r.queue)), (0, 0))
 
     def test_no_lease_leak(self) -> None:
         """Once every request is done, active and queued are back to 0."""
@@ -826,7 +857,7 @@ class QueueTests(SynchronousTestCase):
         served = [e for e in rec.events if e[0] == "lease"]
         self.assertEqual(len(served), 6)
         self.assertEqual([b.active for b in r.backends], [0, 0])
-        self.assertEqual((r.queued, r.queue_timeouts), (0, 0))
+        self.assertEqual((len(r.queue), r.queue.timeouts), (0, 0))
 
     def test_raised_limit_serves_waiters(self) -> None:
         """
@@ -843,7 +874,7 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(rec.events, [])
         clock.advance(0)
         self.assertEqual([e[1] for e in rec.events], ["a", "b"])
-        self.assertEqual((b0.active, r.queued), (3, 1))
+        self.assertEqual((b0.active, len(r.queue)), (3, 1))
         r.set_max_connections(b0, 1, "reload")
         self.assertEqual(b0.active, 3)
         self.assertIsNone(r.acquire())
@@ -883,7 +914,7 @@ class QueueTests(SynchronousTestCase):
         fill(r)
         rec = Recorder()
         rec.wait(r, "a")
-        r.configure_queue(2, 3.0)
+        r.queue.configure(2, 3.0)
         rec.wait(r, "b")
         self.assertIsNone(rec.wait(r, "c"))
         clock.advance(1.0)
@@ -898,17 +929,17 @@ class QueueTests(SynchronousTestCase):
         rec = Recorder()
         rec.wait(r, "a")
         rec.wait(r, "b")
-        totals = r.totals()
+        totals = view.totals(r)
         self.assertEqual(
             [totals[k] for k in ("queued", "queue_size", "queued_total")], [1, 1, 1]
         )
         clock.advance(1.0)
-        totals = r.snapshot()["totals"]
+        totals = view.snapshot(r, 0.0)["totals"]
         self.assertEqual(
             [totals[k] for k in ("queued", "queue_timeouts", "queue_full_rejections")],
             [0, 1, 1],
         )
-        self.assertEqual(r.describe(r.backends[0])["max_connections"], 1)
+        self.assertEqual(view.describe(r.backends[0])["max_connections"], 1)
 
 
 class IndexedQueueTests(SynchronousTestCase):
@@ -919,12 +950,12 @@ class IndexedQueueTests(SynchronousTestCase):
         heap stays O(backends).
         """
         r, _ = limited(*([1] * 20), 0)
-        assert r._indexed and r._index is not None
+        assert r.selector.indexed and r.selector.index is not None
         unlimited = r.backends[-1]
         r.set_max_connections(unlimited, 2, "test")
         held = fill(r)
         self.assertEqual(len(held), 22)
-        self.assertEqual(r._index.parked, 21)
+        self.assertEqual(r.selector.index.parked, 21)
         self.assertTrue(r.full())
         self.assertTrue(r.full(r.backends[:20]))
         self.assertFalse(r.full(r.backends))
@@ -938,13 +969,13 @@ class IndexedQueueTests(SynchronousTestCase):
         self.assertEqual(rec.events[-1], ("lease", "a", "b7"))
         for lease in [*held, *rec.leases.values()]:
             lease.release()
-        self.assertEqual(r._index.parked, 0)
+        self.assertEqual(r.selector.index.parked, 0)
         self.assertEqual(sum(b.active for b in r.backends), 0)
         for _ in range(2000):
             leases = fill(r)
             for lease in leases:
                 lease.release()
-        self.assertLess(len(r._index._heap), 2 * 21 + 64 + 1)
+        self.assertLess(len(r.selector.index._heap), 2 * 21 + 64 + 1)
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -981,7 +1012,7 @@ class QueueMachine(RuleBasedStateMachine):
                 lease.release()
 
         # Indexed by number (None: refused, the queue was full).
-        self.waiters.append(self.registry.wait(exclude, leased, lambda: None))
+        self.waiters.append(wait(self.registry, exclude, leased, lambda: None))
 
     @rule(skip=st.integers(min_value=-1, max_value=2), quick=st.booleans())
     def request(self, skip: int, quick: bool) -> None:
@@ -1025,7 +1056,7 @@ class QueueMachine(RuleBasedStateMachine):
                 if lease.backend is backend and not lease.released
             )
             assert backend.active == open_leases >= 0
-        assert r.queued == sum(1 for w in self.waiters if w and w.waiting) <= 4
+        assert len(r.queue) == sum(1 for w in self.waiters if w and w.waiting) <= 4
 
     @invariant()
     def nobody_waits_beside_room(self) -> None:
@@ -1040,7 +1071,7 @@ class QueueMachine(RuleBasedStateMachine):
         for w in self.waiters:
             if w is not None and w.waiting:
                 assert not any(
-                    not b.full and b not in w.exclude for b in r._available
+                    not b.full and b not in w.exclude for b in r.selector.available
                 ), "a waiter waits while a backend it may use has room"
 
 

@@ -19,7 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
-from txlb.config import Address, BackendConfig, HealthConfig
+from tests.support import registry_of
+from txlb.config import Address, BackendConfig, Config, HealthConfig
 from txlb.core.registry import Registry
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, IProbe, TCPProbe, Verdict, judge
@@ -57,22 +58,31 @@ HEALTH = HealthConfig(path="/health", interval=2, timeout=1, rise=2, fall=3)
 
 
 class Setup:
-    def __init__(self, n: int = 2, **overrides: Any) -> None:
+    def __init__(
+        self, n: int = 2, own: HealthConfig | None = None, **overrides: Any
+    ) -> None:
+        """
+        @param own: the last backend's own health settings (the others'
+            are C{HEALTH} with C{overrides}).
+        """
         self.clock = Clock()
         health = attrs.evolve(HEALTH, **overrides)
         self.configs = [
             BackendConfig(f"b{i}", Address("127.0.0.1", 9001 + i), health=health)
             for i in range(n)
         ]
-        self.registry = Registry(self.configs, self.clock)
+        if own is not None:
+            self.configs[-1] = attrs.evolve(self.configs[-1], health=own)
+        self.config = Config("test.ini", tuple(self.configs), health=health)
+        self.registry = Registry.from_config(self.config, self.clock)
         self.backends = Backends()
         self.stub = StubTreq(self.backends)
-        self.checker = HealthChecker(
+        self.checker = HealthChecker.from_config(
+            self.config,
             self.registry,
             HTTPProbe(self.stub),  # type: ignore[arg-type]
             NoTCP(),  # type: ignore[arg-type]
             self.clock,
-            {c.name: c.health for c in self.configs},
         )
 
     def answer(self, index: int, code: int | None, body: bytes = b"ok") -> None:
@@ -195,15 +205,7 @@ class CheckerTests(SynchronousTestCase):
 
     def test_per_backend_settings(self) -> None:
         """A backend's own path and interval are used for it alone."""
-        s = Setup()
-        own = attrs.evolve(HEALTH, path="/ping", interval=4, timeout=1)
-        s.checker = HealthChecker(
-            s.registry,
-            HTTPProbe(s.stub),  # type: ignore[arg-type]
-            NoTCP(),  # type: ignore[arg-type]
-            s.clock,
-            {"b0": HEALTH, "b1": own},
-        )
+        s = Setup(own=attrs.evolve(HEALTH, path="/ping", interval=4, timeout=1))
         s.start()
         s.tick()
         s.tick()
@@ -214,8 +216,10 @@ class CheckerTests(SynchronousTestCase):
     def test_empty_path_uses_tcp_probe(self) -> None:
         """Without an HTTP path the TCP probe is used."""
         clock = Clock()
-        registry = Registry([BackendConfig("t", Address("127.0.0.1", 9))], clock)
         tcp = attrs.evolve(HEALTH, path="", fall=1)
+        registry = registry_of(
+            [BackendConfig("t", Address("127.0.0.1", 9), health=tcp)], clock
+        )
         calls: list[Address] = []
 
         class FakeTCP:
@@ -225,7 +229,7 @@ class CheckerTests(SynchronousTestCase):
                 calls.append(address)
                 return succeed(Verdict(False, "probe failed: refused"))
 
-        checker = HealthChecker(registry, NoTCP(), FakeTCP(), clock, {"t": tcp})  # type: ignore[arg-type]
+        checker = HealthChecker(registry, NoTCP(), FakeTCP(), clock, tcp.interval)  # type: ignore[arg-type]
         checker.startService()
         self.assertEqual(calls, [Address("127.0.0.1", 9)])
         self.assertEqual(registry.backends[0].state, "unhealthy")

@@ -403,7 +403,7 @@ class ClientGoneTests(SynchronousTestCase):
         client.send(GET)
         backend = h.accept()
         backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-        client.channel.connectionLost(Failure(ConnectionLost()))
+        client.proto.connectionLost(Failure(ConnectionLost()))
         self.assertTrue(backend.transport.disconnected)
         self.assertEqual(h.active(), [0, 0])
         self.assertEqual(h.records[-1]["status"], 499)
@@ -414,11 +414,11 @@ class ClientGoneTests(SynchronousTestCase):
         h = Harness(backends=1)
         client = h.client()
         client.send(GET)
-        client.channel.connectionLost(Failure(ConnectionLost()))
+        client.proto.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(h.active(), [0])
         backend = h.accept()
         self.assertEqual(backend.received(), b"")
-        self.assertEqual(h.proxy.pools[h.registry.backends[0]].idle, 1)
+        self.assertEqual(h.registry.backends[0].pool.idle, 1)
 
     def test_reserved_paths_not_proxied(self) -> None:
         """/api/ belongs to the stats app, not to a backend."""

@@ -17,10 +17,11 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 def limited(queue_size: int = 1024, queue_timeout: float = 5.0) -> Harness:
     """One backend taking one request at once."""
-    h = Harness(backends=1)
-    h.registry.set_max_connections(h.registry.backends[0], 1, "test")
-    h.registry.configure_queue(queue_size, queue_timeout)
-    return h
+    return Harness(
+        backends=1,
+        extra=f"queue_size = {queue_size}\nqueue_timeout = {queue_timeout}",
+        backend_extra="max_connections = 1",
+    )
 
 
 class QueueTests(SynchronousTestCase):
@@ -35,12 +36,12 @@ class QueueTests(SynchronousTestCase):
         backend = h.accept()
         second.send(GET)
         self.assertEqual(h.pending_connects(), [])
-        self.assertEqual((h.active(), h.registry.queued), ([1], 1))
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 1))
         self.assertEqual(second.received(), b"")
         backend.transport.clear()
         backend.reply(OK)
         self.assertTrue(first.received().endswith(b"hello"))
-        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 0))
         # On a new connection (today the lease is released before the
         # connection goes back to the pool) or on the one just freed.
         if h.pending_connects():
@@ -66,8 +67,8 @@ class QueueTests(SynchronousTestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 503 "), response)
         self.assertIn(b"Retry-After: ", response)
         self.assertTrue(response.endswith(b"queue timed out\n"), response)
-        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
-        self.assertEqual(h.registry.queue_timeouts, 1)
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 0))
+        self.assertEqual(h.registry.queue.timeouts, 1)
         self.assertEqual(h.pending_connects(), [])
 
     def test_queue_full_503(self) -> None:
@@ -83,7 +84,9 @@ class QueueTests(SynchronousTestCase):
         self.assertIn(b"Retry-After: ", response)
         self.assertTrue(response.endswith(b"queue full\n"), response)
         self.assertEqual(second.received(), b"")
-        self.assertEqual((h.registry.queued, h.registry.queue_full_rejections), (1, 1))
+        self.assertEqual(
+            (len(h.registry.queue), h.registry.queue.full_rejections), (1, 1)
+        )
 
     def test_client_leaves_while_waiting(self) -> None:
         """
@@ -96,7 +99,7 @@ class QueueTests(SynchronousTestCase):
         backend = h.accept()
         second.send(GET)
         second.transport.loseConnection()
-        self.assertEqual(h.registry.queued, 0)
+        self.assertEqual(len(h.registry.queue), 0)
         backend.transport.clear()
         backend.reply(OK)
         self.assertEqual(h.pending_connects(), [])

@@ -86,7 +86,7 @@ class UpgradeRequestTests(SynchronousTestCase):
         backend.reply(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(client.received().startswith(b"HTTP/1.1 426 "))
         self.assertEqual(h.active(), [0])
-        self.assertEqual(h.proxy.pools[h.registry.backends[0]].idle, 1)
+        self.assertEqual(h.registry.backends[0].pool.idle, 1)
 
     def test_unasked_switch_is_502(self) -> None:
         """A backend that switches protocols for a request that did not ask

@@ -70,7 +70,7 @@ def test_installed_package_serves_the_dashboard(tmp_path: Path) -> None:
     import sys
 
     script = (
-        "import json, txlb.observe.webapp as w; r = w.find_web_root();"
+        "import json, txlb.observe.assets as w; r = w.find_web_root();"
         " print(json.dumps([str(r), sorted(w.WebAssets.load(r).files)]))"
     )
     out = subprocess.run(
@@ -89,7 +89,7 @@ def test_installed_package_serves_the_dashboard(tmp_path: Path) -> None:
 
 
 def _installed_chart_js() -> None:
-    from txlb.observe.webapp import find_web_root
+    from txlb.observe.assets import find_web_root
 
     vendor = find_web_root() / "vendor" / "chart.umd.js"
     if not vendor.is_file():

@@ -165,7 +165,7 @@ def installed_web_root() -> Path:
         [
             sys.executable,
             "-c",
-            "import txlb.observe.webapp as w; print(w.find_web_root())",
+            "import txlb.observe.assets as w; print(w.find_web_root())",
         ],
         capture_output=True,
         text=True,

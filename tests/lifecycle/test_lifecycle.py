@@ -17,12 +17,15 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.core.test_registry import wait
 from txlb.config import Address, Config, HealthConfig, parse
 from txlb.core.registry import Registry
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import Verdict
 from txlb.http.proxy import HTTPProxy
-from txlb.lifecycle.shutdown import TICK, Lifecycle, Reloader, ReloadOnSignal
+from txlb.lifecycle.reload import Reloader
+from txlb.lifecycle.shutdown import TICK, Lifecycle
+from txlb.lifecycle.signals import ReloadOnSignal
 from txlb.observe.webapp import StatsApp
 from txlb.tap import Options, makeService
 
@@ -42,12 +45,15 @@ class FakeTransport:
 
 
 class FakeConnection:
-    """A client connection; an HTTP one has C{requests}."""
+    """A TCP-mode client connection as the drain sees it: it runs until it ends."""
 
     def __init__(self, connections: set[Any]) -> None:
         self.connections = connections
         self.transport = FakeTransport(self)
         connections.add(self)
+
+    def settle(self) -> bool:
+        return False
 
     def lost(self) -> None:
         self.connections.discard(self)
@@ -290,21 +296,17 @@ class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.config = config()
-        self.registry = Registry(self.config.backends, self.clock)
-        self.proxy = HTTPProxy(self.registry, self.clock, self.clock, self.config)
-        self.health = HealthChecker(
-            self.registry,
-            GoodProbe(),
-            GoodProbe(),
-            self.clock,
-            {b.name: b.health for b in self.config.backends},
+        self.registry = Registry.from_config(self.config, self.clock)
+        self.proxy = HTTPProxy.from_config(
+            self.config, self.registry, self.clock, self.clock
+        )
+        self.health = HealthChecker.from_config(
+            self.config, self.registry, GoodProbe(), GoodProbe(), self.clock
         )
         self.app = StatsApp(self.registry, self.clock)
         self.events: list[dict[str, Any]] = []
         self.patch(Reloader, "log", Logger(observer=self.events.append))
-        self.reloader = Reloader(
-            self.config, self.registry, self.clock, self.health, self.app, self.proxy
-        )
+        self.reloader = Reloader(self.config, self.registry)
 
     def names(self) -> list[str]:
         return [b.name for b in self.registry.backends]
@@ -322,8 +324,8 @@ class ReloadTests(SynchronousTestCase):
         self.reloader.apply(config("[backend:c]\naddress = 127.0.0.1:9003"))
         c = self.registry.get("c")
         self.assertEqual(self.names(), ["a", "b", "c"])
-        self.assertEqual(self.proxy.pools[c].address, Address("127.0.0.1", 9003))
-        self.assertIn(c, self.health._tracks)
+        self.assertEqual(c.pool.address, Address("127.0.0.1", 9003))
+        self.assertIsNotNone(c.probe)
         snapshot = self.app.stats.snapshot()
         self.assertEqual([b["name"] for b in snapshot["backends"]], ["a", "b", "c"])
         self.app.observe(c, 200, 0.01)
@@ -346,7 +348,7 @@ class ReloadTests(SynchronousTestCase):
             lease = self.registry.acquire()
             if lease is not None and lease.backend is b:
                 held = lease
-        pool = self.proxy.pools[b]
+        pool = b.pool
         self.reloader.apply(
             parse(
                 INI.format(extra="").replace(
@@ -365,9 +367,8 @@ class ReloadTests(SynchronousTestCase):
         held.release()
         self.clock.advance(TICK)
         self.assertEqual(self.names(), ["a"])
-        self.assertNotIn(b, self.proxy.pools)
         self.assertTrue(pool._closed)
-        self.assertNotIn(b, self.health._tracks)
+        self.assertIsNone(b.probe)
         self.assertEqual(len(self.app.stats.snapshot()["backends"]), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -414,7 +415,7 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("[txlb] listen, [txlb] stats_listen", warning)
         self.assertIn("[txlb] retries", warning)
         self.assertIn("takes a restart", warning)
-        self.assertEqual(self.reloader._config.listen, ("tcp:8080",))
+        self.assertEqual(self.reloader.config.listen, ("tcp:8080",))
 
     def test_readd_while_draining(self) -> None:
         """A backend put back before it drained is back in rotation."""
@@ -441,40 +442,48 @@ class RegistryMembershipTests(SynchronousTestCase):
         and a removed one never is, exactly as a scan would pick.
         """
         clock = MemoryReactorClock()
-        backends = config(
-            "".join(
-                f"[backend:n{i}]\naddress = 127.0.0.1:{9100 + i}\n" for i in range(20)
-            )
-        ).backends
-        registry = Registry(backends, clock)
-        self.assertTrue(registry._indexed)
-        new = registry.add(config("[backend:z]\naddress = 127.0.0.1:9999").backends[2])
+        registry = Registry.from_config(
+            config(
+                "".join(
+                    f"[backend:n{i}]\naddress = 127.0.0.1:{9100 + i}\n"
+                    for i in range(20)
+                )
+            ),
+            clock,
+        )
+        self.assertTrue(registry.selector.indexed)
+        new = registry.add(
+            config("[backend:z]\naddress = 127.0.0.1:9999").backends[2], "test"
+        )
         leases = [registry.acquire() for _ in range(23)]
         self.assertEqual(
             sorted(lease.backend.name for lease in leases if lease),
             sorted(b.name for b in registry.backends),
         )
-        registry.set_draining(new, True, "test")
-        registry.remove(new)
-        self.assertNotIn(new, registry.backends)
+        registry.remove(new, "test")
         for lease in leases:
             assert lease is not None
             lease.release()
+        self.assertNotIn(new, registry.backends)
         picked = {registry.acquire().backend.name for _ in range(100)}  # type: ignore[union-attr]
         self.assertNotIn("z", picked)
         self.assertEqual(new.active, 0)
 
     def test_add_existing_name(self) -> None:
         """Two backends never share a name."""
-        registry = Registry(config().backends, MemoryReactorClock())
-        self.assertRaises(ValueError, registry.add, config().backends[0])
+        registry = Registry.from_config(config(), MemoryReactorClock())
+        self.assertRaises(ValueError, registry.add, config().backends[0], "test")
 
     def test_added_starts_at_current_virtual_time(self) -> None:
         """Round robin does not flood a new backend to catch it up."""
-        registry = Registry(config().backends, MemoryReactorClock(), "round_robin")
+        registry = Registry.from_config(
+            config(top="algorithm = round_robin"), MemoryReactorClock()
+        )
         for _ in range(100):
             registry.acquire().release()  # type: ignore[union-attr]
-        registry.add(config("[backend:c]\naddress = 127.0.0.1:9003").backends[2])
+        registry.add(
+            config("[backend:c]\naddress = 127.0.0.1:9003").backends[2], "test"
+        )
         names = [registry.acquire().backend.name for _ in range(30)]  # type: ignore[union-attr]
         self.assertEqual(names.count("c"), 10)
 
@@ -537,12 +546,15 @@ class ReloadQueueTests(SynchronousTestCase):
         assert held is not None
         got: list[str] = []
         for _ in range(3):
-            self.registry.wait(
-                (), lambda lease: got.append(lease.backend.name), lambda: None
+            wait(
+                self.registry,
+                (),
+                lambda lease: got.append(lease.backend.name),
+                lambda: None,
             )
         self.reloader.apply(parse(base.replace("9001\n", limit.format(3))))
         self.clock.advance(0)
-        self.assertEqual((got, a.active, self.registry.queued), (["a", "a"], 3, 1))
+        self.assertEqual((got, a.active, len(self.registry.queue)), (["a", "a"], 3, 1))
         self.assertFalse(any("restart" in m for m in self.messages()))
 
     def test_queue_keys(self) -> None:
@@ -551,10 +563,10 @@ class ReloadQueueTests(SynchronousTestCase):
             config(top="listen = tcp:8080\nqueue_size = 7\nqueue_timeout = 1s")
         )
         self.assertEqual(
-            (self.registry.queue_size, self.registry.queue_timeout), (7, 1.0)
+            (self.registry.queue.size, self.registry.queue.timeout), (7, 1.0)
         )
         self.assertFalse(any("restart" in m for m in self.messages()))
         self.reloader.apply(config())
         self.assertEqual(
-            (self.registry.queue_size, self.registry.queue_timeout), (1024, 5.0)
+            (self.registry.queue.size, self.registry.queue.timeout), (1024, 5.0)
         )

@@ -1,5 +1,5 @@
 """
-The admin token stays secret (issue 8, item 7): L{txlb.webapp} compares it
+The admin token stays secret (issue 8, item 7): L{txlb.observe.admin} compares it
 in constant time, and neither the token nor the C{Authorization} header a
 client sent appears in a log event or in any read-only view
 (C{/api/server-stats}, C{/api/history}, C{/api/decisions}, C{/metrics},
@@ -20,7 +20,7 @@ from zope.interface import provider
 
 from txlb.config import parse
 from txlb.core.registry import Registry
-from txlb.observe import webapp
+from txlb.observe import admin
 from txlb.observe.webapp import StatsApp
 
 CONFIG = """
@@ -45,7 +45,7 @@ class AdminSecretTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.registry = Registry(parse(CONFIG).backends, self.clock)
+        self.registry = Registry.from_config(parse(CONFIG), self.clock)
         self.app = StatsApp(self.registry, self.clock, admin_token=TOKEN)
         self.client = StubTreq(self.app.resource())
         self.events: list[dict[str, Any]] = []
@@ -121,7 +121,7 @@ class AdminSecretTests(SynchronousTestCase):
             calls.append((a, b))
             return real(a, b)
 
-        self.patch(webapp.hmac, "compare_digest", spy)
+        self.patch(admin.hmac, "compare_digest", spy)
         self.assertEqual(
             self.request("POST", "/api/backends/web1/drain", b"Bearer " + WRONG)[0],
             403,

@@ -8,6 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.core.test_registry import wait
+from tests.support import registry_of
 from txlb.config import parse
 from txlb.core.registry import Registry
 from txlb.observe.metrics import LATENCY_BUCKETS, STATES, Metrics
@@ -33,7 +35,7 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 class MetricsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.registry = Registry(parse(CONFIG).backends, self.clock)
+        self.registry = Registry.from_config(parse(CONFIG), self.clock)
         self.metrics = Metrics(self.registry)
         self.web1, self.web2 = self.registry.backends
 
@@ -131,7 +133,7 @@ class MetricsTests(SynchronousTestCase):
 
     def test_unknown_backend_ignored(self) -> None:
         """A backend from another registry is not counted (and does not fail)."""
-        other = Registry(parse(CONFIG).backends, self.clock).backends[0]
+        other = Registry.from_config(parse(CONFIG), self.clock).backends[0]
         self.metrics.observe(other, 200, 0.01)
         samples = _samples(self.metrics)
         self.assertEqual(
@@ -148,8 +150,11 @@ class MetricsTests(SynchronousTestCase):
         self.assertTrue(body.endswith(b"# EOF\n"))
 
     def test_own_registry(self) -> None:
-        """Two Metrics never collide: each has its own collector registry."""
-        second = Metrics(self.registry)
+        """
+        Two Metrics (of two registries: a registry has one) never collide:
+        each has its own collector registry.
+        """
+        second = Metrics(Registry.from_config(parse(CONFIG), self.clock))
         self.metrics.observe(self.web1, 200, 0.01)
         self.assertIsNot(second.prometheus, self.metrics.prometheus)
         key = (
@@ -167,12 +172,14 @@ class QueueMetricsTests(SynchronousTestCase):
         """
         clock = Clock()
         config = parse(CONFIG.replace("weight = 3", "max_connections = 1"))
-        registry = Registry(config.backends[1:], clock, queue_size=2, queue_timeout=1.0)
+        registry = registry_of(
+            config.backends[1:], clock, queue_size=2, queue_timeout=1.0
+        )
         metrics = Metrics(registry)
         lease = registry.acquire()
         assert lease is not None
         for _ in range(3):
-            registry.wait((), lambda lease: None, lambda: None)
+            wait(registry, (), lambda lease: None, lambda: None)
         samples = _samples(metrics)
         self.assertEqual(
             samples[("txlb_backend_max_connections", (("backend", "web2"),))], 1

@@ -34,7 +34,7 @@ weight = 2
 def _setup(start: float = 1000.0) -> tuple[Clock, Registry, Stats]:
     clock = Clock()
     clock.advance(start)
-    registry = Registry(parse(CONFIG).backends, clock)
+    registry = Registry.from_config(parse(CONFIG), clock)
     return clock, registry, Stats(registry, clock)
 
 
@@ -142,6 +142,7 @@ class StatsTests(SynchronousTestCase):
             {
                 "name",
                 "address",
+                "source",
                 "healthy",
                 "state",
                 "draining",
@@ -255,7 +256,7 @@ class StatsTests(SynchronousTestCase):
     def test_unknown_backend_counts_in_totals_only(self) -> None:
         """A backend the stats do not know (not configured) only adds to totals."""
         clock, _registry, stats = _setup()
-        other = Registry(parse(CONFIG).backends, clock).backends[0]
+        other = Registry.from_config(parse(CONFIG), clock).backends[0]
         stats.observe(other, 200, 0.01)
         snapshot = stats.snapshot()
         self.assertEqual(snapshot["totals"]["responses"], 1)
@@ -285,7 +286,7 @@ class HistoryTests(SynchronousTestCase):
     def test_bounded(self) -> None:
         """The history keeps its last history_points samples only."""
         clock = Clock()
-        registry = Registry(parse(CONFIG).backends, clock)
+        registry = Registry.from_config(parse(CONFIG), clock)
         stats = Stats(registry, clock, history_points=10)
         for _ in range(25):
             clock.advance(1)

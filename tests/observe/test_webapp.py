@@ -21,14 +21,9 @@ from twisted.web.client import ResponseFailed
 
 from txlb.config import ConfigError, parse
 from txlb.core.registry import Registry
-from txlb.observe.webapp import (
-    CSP,
-    AdminTokenError,
-    StatsApp,
-    WebAssets,
-    find_web_root,
-    read_admin_token,
-)
+from txlb.observe.admin import AdminTokenError, read_admin_token
+from txlb.observe.assets import WebAssets, find_web_root
+from txlb.observe.webapp import CSP, StatsApp
 
 CONFIG = """
 [backend:web1]
@@ -54,7 +49,7 @@ class _Case(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.registry = Registry(parse(CONFIG).backends, self.clock)
+        self.registry = Registry.from_config(parse(CONFIG), self.clock)
         self.app = StatsApp(
             self.registry,
             self.clock,
@@ -113,6 +108,7 @@ class ServerStatsTests(_Case):
             {
                 "name": "web1",
                 "address": "127.0.0.1:9001",
+                "source": "static",
                 "healthy": True,
                 "state": "healthy",
                 "draining": False,
@@ -566,8 +562,10 @@ class AdminTokenFileTests(SynchronousTestCase):
 class ConfigKeyTests(SynchronousTestCase):
     def test_events_rate(self) -> None:
         """events_rate defaults to 2 per second and accepts (0, 20]."""
-        self.assertEqual(parse(CONFIG).events_rate, 2.0)
-        self.assertEqual(parse("[txlb]\nevents_rate = 5\n" + CONFIG).events_rate, 5.0)
+        self.assertEqual(parse(CONFIG).observe.events_rate, 2.0)
+        self.assertEqual(
+            parse("[txlb]\nevents_rate = 5\n" + CONFIG).observe.events_rate, 5.0
+        )
         for bad in ("0", "21", "fast"):
             self.assertRaises(
                 ConfigError, parse, f"[txlb]\nevents_rate = {bad}\n" + CONFIG
@@ -575,6 +573,6 @@ class ConfigKeyTests(SynchronousTestCase):
 
     def test_admin_token_file(self) -> None:
         """admin_token_file defaults to empty (admin off)."""
-        self.assertEqual(parse(CONFIG).admin_token_file, "")
+        self.assertEqual(parse(CONFIG).observe.admin_token_file, "")
         config = parse("[txlb]\nadmin_token_file = /etc/txlb/token\n" + CONFIG)
-        self.assertEqual(config.admin_token_file, "/etc/txlb/token")
+        self.assertEqual(config.observe.admin_token_file, "/etc/txlb/token")

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.relay_support import FakeTCP
-from txlb.config import parse
-from txlb.core.registry import Registry
-from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
+from tests.support import Harness as _Harness
 
 
 class Echo(Protocol):
@@ -27,88 +22,8 @@ class Echo(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
-class Client:
-    """One client connection accepted by the proxy."""
-
-    def __init__(self, factory: TCPProxyFactory) -> None:
-        self.transport = FakeTCP()
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
-        self.transport.protocol = self.proto
-        self.proto.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def received(self) -> bytes:
-        return self.transport.value()
-
-
-class Backend:
-    """The backend end of a connection the proxy opened."""
-
-    def __init__(self, proto: Any, transport: FakeTCP) -> None:
-        self.proto = proto
-        self.transport = transport
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def received(self) -> bytes:
-        return self.transport.value()
-
-
-class Harness:
-    def __init__(self, backends: int = 2, extra: str = "", backend_extra: str = ""):
-        self.reactor = MemoryReactorClock()
-        text = (
-            "[txlb]\nmode = tcp\nstats_listen = tcp:9000\nconnect_timeout = 2s\n"
-            "idle_timeout = 1m\n" + extra + "\n"
-        )
-        for i in range(backends):
-            text += f"[backend:b{i}]\naddress = 127.0.0.1:{9001 + i}\n{backend_extra}\n"
-        self.config = parse(text, "test.ini")
-        self.registry = Registry(
-            self.config.backends,
-            self.reactor,
-            queue_size=self.config.queue_size,
-            queue_timeout=self.config.queue_timeout,
-        )
-        self.observed: list[tuple[str, int]] = []
-        self.seconds: list[float] = []
-        self.proxy = TCPProxy(
-            self.registry,
-            self.reactor,
-            self.reactor,
-            self.config,
-            self._observe,
-        )
-        self.factory = TCPProxyFactory(self.proxy)
-
-    def _observe(self, backend: Any, status: int, seconds: float) -> None:
-        self.observed.append((backend.name, status))
-        self.seconds.append(seconds)
-
-    def client(self) -> Client:
-        return Client(self.factory)
-
-    def connects(self) -> list[tuple[str, int, float]]:
-        return [(c[0], c[1], c[3]) for c in self.reactor.tcpClients]
-
-    def accept(self, index: int = 0) -> Backend:
-        """Complete a pending backend connection attempt."""
-        factory = self.reactor.tcpClients.pop(index)[2]
-        self.reactor.connectors.pop(index)
-        proto = factory.buildProtocol(None)
-        transport = FakeTCP(host=("127.0.0.1", 50000), peer=("127.0.0.1", 9001))
-        transport.protocol = proto
-        proto.makeConnection(transport)
-        return Backend(proto, transport)
-
-    def active(self) -> list[int]:
-        return [b.active for b in self.registry.backends]
-
-    def failures(self) -> list[int]:
-        return [b.failures for b in self.registry.backends]
+def Harness(**kw: Any) -> _Harness:
+    return _Harness(mode="tcp", **kw)
 
 
 class ConnectTests(SynchronousTestCase):
@@ -235,11 +150,11 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(second.transport.producerState, "paused")
         self.assertFalse(second.transport.disconnecting)
         self.assertEqual(h.connects(), [])
-        self.assertEqual((h.active(), h.registry.queued), ([1], 1))
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 1))
         backend.transport.loseConnection()
         self.assertTrue(first.transport.disconnecting)
         self.assertEqual(h.connects(), [("127.0.0.1", 9001, 3.0)])
-        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 0))
         second_backend = h.accept()
         self.assertEqual(second.transport.producerState, "producing")
         second.send(b"late")
@@ -256,8 +171,8 @@ class QueueTests(SynchronousTestCase):
         h.reactor.advance(0.1)
         self.assertTrue(second.transport.disconnecting)
         self.assertEqual(h.connects(), [])
-        self.assertEqual((h.active(), h.registry.queued), ([1], 0))
-        self.assertEqual(h.registry.queue_timeouts, 1)
+        self.assertEqual((h.active(), len(h.registry.queue)), ([1], 0))
+        self.assertEqual(h.registry.queue.timeouts, 1)
 
     def test_client_leaves_while_queued(self) -> None:
         """A queued client that goes away leaves the queue at once."""
@@ -266,7 +181,7 @@ class QueueTests(SynchronousTestCase):
         backend = h.accept()
         second = h.client()
         second.transport.loseConnection()
-        self.assertEqual(h.registry.queued, 0)
+        self.assertEqual(len(h.registry.queue), 0)
         backend.transport.loseConnection()
         self.assertEqual(h.connects(), [])
         self.assertEqual(h.active(), [0])
@@ -280,8 +195,8 @@ class QueueTests(SynchronousTestCase):
         h.client()
         third = h.client()
         self.assertTrue(third.transport.disconnecting)
-        self.assertEqual(h.registry.queue_full_rejections, 1)
-        self.assertEqual(h.registry.queued, 1)
+        self.assertEqual(h.registry.queue.full_rejections, 1)
+        self.assertEqual(len(h.registry.queue), 1)
 
 
 class FailoverTests(SynchronousTestCase):

@@ -6,21 +6,22 @@ times a second, and less often for large pools (at most L{CANDIDATE_RATE}
 candidates are copied a second): a request that is not sampled costs one
 comparison, and a sampled one copies the candidates' counters into a tuple
 appended to a fixed-size deque.  Words and JSON are made only when the API
-is read, by L{DecisionLog.describe}.
+is read, by L{DecisionLog.describe}, with the policy's own cost and
+explanation (L{txlb.core.policies}).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from txlb.core.policies import _LATENCY_FLOOR
+import attrs
 
-if TYPE_CHECKING:
-    from txlb.core.registry import Backend
+from txlb.core.backend import Backend
+from txlb.core.policies import Policy
 
-__all__ = ["CANDIDATE_RATE", "RATE", "SIZE", "DecisionLog"]
+__all__ = ["CANDIDATE_RATE", "RATE", "SIZE", "DecisionLog", "Seen"]
 
 SIZE = 300
 """How many decisions are kept."""
@@ -40,39 +41,39 @@ the backends.
 _SHOWN = 12
 """Candidates listed per decision (ranked by the policy); the rest are counted."""
 
-# (time, pick number, index of the winner,
-#  ((backend, active, weight, vtime, latency estimate), ...),
-#  backends excluded because this request already tried them)
-_Candidate = tuple["Backend", int, float, float, float]
-_Entry = tuple[float, int, int, tuple[_Candidate, ...], tuple["Backend", ...]]
+
+@attrs.frozen
+class Seen:
+    """A candidate as it was when the decision was made (a policy L{Candidate})."""
+
+    name: str
+    active: int
+    others: int
+    weight: float
+    vtime: float
+    latency: float
 
 
-def _score(algorithm: str, c: _Candidate) -> float:
-    """What the policy minimised (see L{txlb.policy}); 0 for round robin."""
-    _, active, weight, _, latency = c
-    if algorithm == "least_conn":
-        return active / weight
-    if algorithm == "least_time":
-        return (latency + _LATENCY_FLOOR) * (active + 1) / weight
-    return 0.0
+# (time, pick number, index of the winner, the candidates as Seen values,
+#  names of the backends excluded because this request already tried them)
+_Entry = tuple[float, int, int, tuple[tuple[Any, ...], ...], tuple[str, ...]]
 
 
 class DecisionLog:
     """
-    The last L{SIZE} sampled decisions.
+    The last L{SIZE} sampled decisions of one policy.
 
     @ivar next_due: the time before which C{record} need not be called.
-    @ivar algorithm: the policy's name, used to explain its choices.
     """
 
     def __init__(
         self,
-        algorithm: str = "least_conn",
+        policy: Policy,
         size: int = SIZE,
         rate: float = RATE,
         candidate_rate: float = CANDIDATE_RATE,
     ) -> None:
-        self.algorithm = algorithm
+        self.policy = policy
         self.next_due = 0.0
         self._interval = 1.0 / rate
         self._per_candidate = 1.0 / candidate_rate
@@ -99,8 +100,11 @@ class DecisionLog:
                 now,
                 pick,
                 index,
-                tuple((b, b.active, b.weight, b.vtime, b.latency) for b in candidates),
-                tuple(excluded) if excluded else (),  # type: ignore[arg-type]
+                tuple(
+                    (b.name, b.active, b.others, b.weight, b.vtime, b.latency)
+                    for b in candidates
+                ),
+                tuple(b.name for b in excluded) if excluded else (),  # type: ignore[attr-defined]
             )
         )
 
@@ -117,80 +121,44 @@ class DecisionLog:
         return [self._describe(entry) for entry in entries]
 
     def _describe(self, entry: _Entry) -> dict[str, Any]:
-        now, pick, index, candidates, excluded = entry
-        algorithm = self.algorithm
-        by_load = algorithm != "round_robin"
-
-        def rank(item: tuple[int, _Candidate]) -> tuple[float, float, int]:
-            i, c = item
-            return (_score(algorithm, c), c[3], i)
-
-        ranked = sorted(enumerate(candidates), key=rank)
+        now, pick, index, rows, excluded = entry
+        policy = self.policy
+        cost = policy.cost
+        candidates = [Seen(*row) for row in rows]
+        ranked = sorted(
+            enumerate(candidates),
+            key=lambda item: (cost(item[1]), item[1].vtime, item[0]),
+        )
         winner = candidates[index]
-        best = _score(algorithm, winner)
-        if by_load:
-            tied = [c for c in candidates if _score(algorithm, c) == best]
-        else:
-            tied = list(candidates)
+        best = cost(winner)
+        tied = [c for c in candidates if cost(c) == best] if policy.by_load else []
         shown = []
         for i, c in ranked[:_SHOWN]:
-            backend, active, weight, vtime, latency = c
+            active = c.active + c.others
             shown.append(
                 {
-                    "name": backend.name,
+                    "name": c.name,
                     "active": active,
-                    "weight": weight,
-                    "load": active / weight,
-                    "latency_ms": round(latency * 1000, 3),
-                    "vtime": vtime,
+                    "weight": c.weight,
+                    "load": active / c.weight,
+                    "latency_ms": round(c.latency * 1000, 3),
+                    "vtime": c.vtime,
                     "winner": i == index,
-                    "tied": by_load and _score(algorithm, c) == best and len(tied) > 1,
+                    "tied": len(tied) > 1 and cost(c) == best,
                 }
             )
         return {
             "time": now,
             "pick": pick,
-            "algorithm": self.algorithm,
-            "winner": winner[0].name,
-            "reason": _reason(self.algorithm, winner, tied, len(candidates)),
-            "tie": [c[0].name for c in tied] if by_load and len(tied) > 1 else [],
+            "algorithm": policy.name,
+            "winner": winner.name,
+            "reason": policy.explain(
+                winner,
+                len(tied) if policy.by_load else len(candidates),
+                len(candidates),
+            ),
+            "tie": [c.name for c in tied] if len(tied) > 1 else [],
             "candidates": shown,
             "candidates_total": len(candidates),
-            "excluded": [b.name for b in excluded],
+            "excluded": list(excluded),
         }
-
-
-def _reason(
-    algorithm: str,
-    winner: _Candidate,
-    tied: list[_Candidate],
-    total: int,
-) -> str:
-    name, active, weight = winner[0].name, winner[1], winner[2]
-    load = f"{active} active / weight {weight:g} = {active / weight:.3g}"
-    if total == 1:
-        return f"{name} was the only backend available ({load})"
-    if algorithm == "round_robin":
-        return (
-            f"{name} had the smallest virtual time ({winner[3]:.1f}) of"
-            f" {total} candidates; round robin ignores load"
-        )
-    if algorithm == "least_time":
-        wait = _score(algorithm, winner) * 1000
-        why = (
-            f"{name} had the shortest expected wait of {total} candidates:"
-            f" latency {winner[4] * 1000:.3g} ms x ({active} active + 1)"
-            f" / weight {weight:g} = {wait:.3g} ms"
-        )
-        if len(tied) > 1:
-            why += (
-                f", tied with {len(tied) - 1} more; it had been served least recently"
-            )
-        return why
-    if len(tied) == 1:
-        return f"{name} had the lowest load of {total} candidates: {load}"
-    return (
-        f"{len(tied)} of {total} candidates tied at the lowest load"
-        f" ({active / weight:.3g}); {name} won the tie with the smallest virtual"
-        f" time ({winner[3]:.1f}): it had been served least recently for its weight"
-    )

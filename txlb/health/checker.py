@@ -11,8 +11,6 @@ verdict, so one hanging or broken backend never stops or delays the rest.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import TimeoutError
@@ -20,9 +18,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from txlb.config import HealthConfig
-from txlb.core.registry import Backend, Registry
+from txlb.config import BackendConfig, Config, HealthConfig
+from txlb.core.backend import Backend
+from txlb.core.listeners import BackendListener, IBackendListener
+from txlb.core.registry import Registry
 from txlb.health.probes import IProbe, Verdict, describe
 
 __all__ = ["HealthChecker"]
@@ -39,8 +40,13 @@ class _Track:
     bad: int = 0
 
 
-class HealthChecker(Service):
-    """Probes each backend every C{interval} and updates the registry."""
+@implementer(IBackendListener)
+class HealthChecker(Service, BackendListener):
+    """
+    Probes each backend every C{interval} (its spec's health settings) and
+    updates the registry.  As a registry listener it keeps its track of a
+    backend on the backend itself (C{backend.probe}).
+    """
 
     log = Logger()
 
@@ -50,27 +56,46 @@ class HealthChecker(Service):
         http_probe: IProbe,
         tcp_probe: IProbe,
         clock: IReactorTime,
-        health: Mapping[str, HealthConfig],
+        period: float,
     ) -> None:
         """
-        @param health: each backend's settings, by backend name.
+        @param period: how often the loop looks for backends due a probe:
+            the shortest health interval configured.
         """
         self._registry = registry
         self._http = http_probe
         self._tcp = tcp_probe
         self._clock = clock
-        self._tracks = {b: _Track(health[b.name]) for b in registry.backends}
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
-        self._period = min(t.health.interval for t in self._tracks.values())
+        self._period = period
+        registry.subscribe(self)
 
-    def track(self, backend: Backend, health: HealthConfig) -> None:
-        """Probe a backend added by a reload, from the next tick."""
-        self._tracks[backend] = _Track(health)
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        registry: Registry,
+        http_probe: IProbe,
+        tcp_probe: IProbe,
+        clock: IReactorTime,
+    ) -> HealthChecker:
+        intervals = [config.health.interval]
+        intervals += [b.health.interval for b in config.backends]
+        return cls(registry, http_probe, tcp_probe, clock, min(intervals))
 
-    def forget(self, backend: Backend) -> None:
-        """Stop probing a backend removed by a reload."""
-        self._tracks.pop(backend, None)
+    def backend_added(self, backend: Backend) -> None:
+        """Probe it from the next tick."""
+        backend.probe = _Track(backend.spec.health)
+
+    def backend_changed(self, backend: Backend, old: BackendConfig) -> None:
+        """New health settings start a new count of good and bad probes."""
+        if backend.spec.health != old.health:
+            backend.probe = _Track(backend.spec.health)
+
+    def backend_removed(self, backend: Backend) -> None:
+        """Stop probing it; a probe still out is not counted."""
+        backend.probe = None
 
     def startService(self) -> None:
         super().startService()
@@ -87,7 +112,8 @@ class HealthChecker(Service):
         # time: half a tick of slack keeps every backend on its interval.
         now = self._clock.seconds()
         slack = self._period / 2
-        for backend, track in self._tracks.items():
+        for backend in self._registry.backends:
+            track = backend.probe
             if not track.busy and now + slack >= track.due:
                 self._probe(backend, track, now)
 
@@ -104,6 +130,8 @@ class HealthChecker(Service):
         d.addBoth(lambda _: setattr(track, "busy", False))
 
     def _record(self, verdict: Verdict, backend: Backend, track: _Track) -> None:
+        if backend.probe is not track:
+            return  # removed, or given new settings, while the probe was out
         health = track.health
         registry = self._registry
         if verdict.ok:

@@ -38,67 +38,25 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import attrs
 import httptools
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from txlb.config import Config
+from txlb.config import ClientConfig
+from txlb.http import wire
 from txlb.http.authority import authority_error
 from txlb.http.codings import transfer_coding_error
+from txlb.http.request import ClientRequest, ResponseFlow
 from txlb.http.requestline import method_error
 from txlb.net import fastio
-from txlb.net.admission import ClientLimit
+from txlb.net.admission import ClientLimit, Refuse
+from txlb.net.deadline import Deadline
 
-__all__ = ["ClientRequest", "HTTPFrontend", "HTTPFrontendFactory", "Limits"]
+__all__ = ["HTTPFrontend", "HTTPFrontendFactory"]
 
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-    505: b"HTTP Version Not Supported",
-}
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-
-
-@attrs.frozen
-class Limits:
-    """
-    What a client may send, and how slowly (see the module docstring); the
-    defaults are the configuration's (L{txlb.config.Config}).
-    """
-
-    header_timeout: float
-    body_timeout: float
-    body_min_rate: int
-    keepalive_timeout: float
-    client_timeout: float
-    max_clients: int
-    max_header_size: int
-    max_uri_length: int
-    max_body_size: int
-
-    @classmethod
-    def from_config(cls, config: Config) -> Limits:
-        return cls(
-            header_timeout=config.header_timeout,
-            body_timeout=config.body_timeout,
-            body_min_rate=config.body_min_rate,
-            keepalive_timeout=config.keepalive_timeout,
-            client_timeout=config.client_timeout,
-            max_clients=config.max_clients,
-            max_header_size=config.max_header_size,
-            max_uri_length=config.max_uri_length,
-            max_body_size=config.max_body_size,
-        )
 
 
 class _Reject(Exception):
@@ -108,253 +66,6 @@ class _Reject(Exception):
         super().__init__(why)
         self.status = status
         self.why = why
-
-
-class ClientRequest:
-    """
-    One request on a client connection and its response: what a handler
-    (a proxy exchange or the stats app) reads and writes.
-    """
-
-    __slots__ = (
-        "_bodiless",
-        "_chunked",
-        "_close",
-        "_head",
-        "_started",
-        "body",
-        "body_length",
-        "body_received",
-        "channel",
-        "complete",
-        "connection",
-        "expect_continue",
-        "handler",
-        "head_bytes",
-        "headers",
-        "host",
-        "keep_alive",
-        "method",
-        "upgrade",
-        "uri",
-        "version",
-    )
-
-    def __init__(self, channel: HTTPFrontend) -> None:
-        self.channel = channel
-        self.method = b""
-        self.uri = b""
-        self.version = b"HTTP/1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.host = b""
-        self.keep_alive = True
-        self.body_length: int | None = 0
-        # The Connection and Upgrade headers' values, as sent.
-        self.connection: list[bytes] = []
-        self.upgrade = b""
-        # Expect: 100-continue, answered here when the body is wanted.
-        self.expect_continue = False
-        self.body_received = 0
-        self.head_bytes = 0
-        # Body pieces that arrived before a handler took the request.
-        self.body: list[bytes] = []
-        self.complete = False
-        self.handler: Any = None
-        self._head = b""
-        self._started = False
-        self._chunked = False
-        self._bodiless = False
-        self._close = False
-
-    # --- what the client sent -----------------------------------------------------
-
-    @property
-    def peer(self) -> str:
-        """The client's address (the connection's peer)."""
-        return self.channel.peer
-
-    @property
-    def local_host(self) -> str:
-        """The address the client connected to."""
-        return self.channel.local_host
-
-    @property
-    def secure(self) -> bool:
-        return self.channel.secure
-
-    def value(self, lower_name: bytes) -> bytes | None:
-        """The first value of a header, by its lower-cased name."""
-        for name, value in self.headers:
-            if name.lower() == lower_name:
-                return value
-        return None
-
-    def values(self, lower_name: bytes) -> list[bytes]:
-        """Every value of a header, by its lower-cased name."""
-        return [v for n, v in self.headers if n.lower() == lower_name]
-
-    # --- flow of the request body -------------------------------------------------
-
-    def pause_body(self) -> None:
-        """Stop reading the client (its body waits for a backend)."""
-        self.channel.pause("body")
-
-    def resume_body(self) -> None:
-        self.channel.resume("body")
-
-    def upload_producer(self) -> IPushProducer:
-        """The client as the producer of a backend connection's writes."""
-        return _Pauser(self.channel, "upload")
-
-    # --- the response -------------------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        """Whether the response has begun (its head may still be held)."""
-        return self._started
-
-    def respond(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        length_known: bool,
-    ) -> None:
-        """
-        Begin the response.  The head is held until the first body bytes
-        (or the end), so a small response leaves in one write.
-
-        @param headers: end-to-end headers; framing and C{Connection} are
-            added here.
-        @param length_known: whether C{headers} holds a C{Content-Length}.
-        """
-        self._started = True
-        channel = self.channel
-        close = not self.keep_alive or channel.closing
-        bodiless = self.method == b"HEAD" or status < 200 or status in (204, 304)
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
-        if not bodiless and not length_known:
-            if self.version == b"HTTP/1.1":
-                self._chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                close = True  # the end of the body is the end of the connection
-        if close:
-            parts.append(b"Connection: close\r\n\r\n")
-        elif self.version == b"HTTP/1.0":
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
-        self._close = close
-        self._bodiless = bodiless
-        self._head = b"".join(parts)
-
-    def write(self, data: bytes) -> None:
-        if self._bodiless or not data:
-            return
-        if self._chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        head = self._head
-        if head:
-            self._head = b""
-            data = head + data
-        self.channel.send(data)
-
-    def finish(self) -> None:
-        """The response is complete."""
-        tail = b"0\r\n\r\n" if self._chunked else b""
-        head, self._head = self._head, b""
-        if head or tail:
-            self.channel.send(head + tail)
-        self.channel.response_done(self, self._close)
-
-    def abort(self) -> None:
-        """Drop the connection: the response cannot be completed."""
-        self.channel.abort()
-
-    def send_response_producer(self, producer: IPushProducer | None) -> None:
-        """
-        Make C{producer} (the backend connection) pause while the client
-        does not read, or stop that with L{None}.
-        """
-        self.channel.set_response_producer(producer)
-
-    def take_over(self) -> tuple[Any, bytes]:
-        """
-        Hand the connection to a tunnel (a protocol switch): no more
-        parsing or timeouts here.
-
-        @return: the transport and the client's bytes already read past
-            the request head.
-        """
-        return self.channel.take_over()
-
-
-@implementer(IPushProducer)
-class _Pauser:
-    """One reason for the client connection to stop reading, as a producer."""
-
-    __slots__ = ("channel", "reason")
-
-    def __init__(self, channel: HTTPFrontend, reason: str) -> None:
-        self.channel = channel
-        self.reason = reason
-
-    def pauseProducing(self) -> None:
-        self.channel.pause(self.reason)
-
-    def resumeProducing(self) -> None:
-        self.channel.resume(self.reason)
-
-    def stopProducing(self) -> None:
-        self.channel.resume(self.reason)
-
-
-@implementer(IPushProducer)
-class _ResponseFlow:
-    """
-    Registered with the client's transport while a response streams: passes
-    its back-pressure to the backend connection and disconnects a client
-    that reads nothing for C{client_timeout}.
-    """
-
-    __slots__ = ("channel", "producer", "timer")
-
-    def __init__(self, channel: HTTPFrontend, producer: IPushProducer) -> None:
-        self.channel = channel
-        self.producer = producer
-        self.timer: Any = None
-
-    def pauseProducing(self) -> None:
-        self.producer.pauseProducing()
-        if self.timer is None:
-            channel = self.channel
-            self.timer = channel.clock.callLater(
-                channel.limits.client_timeout, self._stalled
-            )
-
-    def resumeProducing(self) -> None:
-        self.cancel()
-        self.producer.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.cancel()
-
-    def cancel(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _stalled(self) -> None:
-        self.timer = None
-        self.channel.log.info(
-            "client {peer} read nothing for {seconds:g}s: disconnected",
-            peer=self.channel.peer,
-            seconds=self.channel.limits.client_timeout,
-        )
-        self.channel.abort()
 
 
 class HTTPFrontend(Protocol):
@@ -382,10 +93,10 @@ class HTTPFrontend(Protocol):
         # has accepted it too (see _release).
         self._held: ClientRequest | None = None
         self._paused: set[str] = set()
-        self._timer: Any = None
+        # The deadline in force: its phase (head, body, idle or none).
         self._phase = ""
-        self._deadline = 0.0
-        self._flow: _ResponseFlow | None = None
+        self._deadline = Deadline(self.clock, self._expired)
+        self._flow: ResponseFlow | None = None
         self._upgrade: bytes | None = None
         self._gone = False
 
@@ -537,7 +248,7 @@ class HTTPFrontend(Protocol):
             self._release()
         rate = self.limits.body_min_rate
         if rate:
-            self._deadline += len(data) / rate
+            self._deadline.at += len(data) / rate
         handler = request.handler
         if handler is not None and request is self._active:
             handler.client_body(data)
@@ -548,11 +259,13 @@ class HTTPFrontend(Protocol):
         request = self._incoming
         assert request is not None
         self._incoming = None
-        request.complete = True
         self._disarm()
         if self._held is not None:
-            self._release()  # it starts complete
-        elif request is self._active and request.handler is not None:
+            # Handed over as the head would have been, then told it is
+            # complete, as a request whose body came later is.
+            self._release()
+        request.complete = True
+        if request is self._active and request.handler is not None:
             request.handler.client_body_done()
 
     # --- requests -----------------------------------------------------------------
@@ -686,12 +399,7 @@ class HTTPFrontend(Protocol):
 
     def _answer_failure(self, reject: _Reject) -> None:
         self.factory.rejected += 1
-        body = reject.why.encode("ascii", "replace") + b"\n"
-        self.send(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (reject.status, _REASONS.get(reject.status, b""), len(body), body)
-        )
+        self.send(wire.plain(reject.status, reject.why))
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     # --- for the handlers ---------------------------------------------------------
@@ -723,7 +431,7 @@ class HTTPFrontend(Protocol):
             if transport.producer is flow:
                 transport.unregisterProducer()
         if producer is not None:
-            self._flow = _ResponseFlow(self, producer)
+            self._flow = ResponseFlow(self, producer)
             transport.registerProducer(self._flow, True)
 
     def take_over(self) -> tuple[Any, bytes]:
@@ -750,63 +458,47 @@ class HTTPFrontend(Protocol):
         """
         self.closing = True
         active = self._active
-        busy = active is not None and not getattr(active.handler, "stats", False)
+        handler = active.handler if active is not None else None
+        busy = handler is not None and handler.waited_for
         return not busy and not self._queue and self._incoming is None
 
     # --- deadlines ----------------------------------------------------------------
 
     def _arm(self, phase: str, seconds: float) -> None:
-        """
-        Start a deadline.  One timer serves them all and is moved only when
-        a deadline comes sooner; a later one is checked when it fires.
-        """
+        """Start a deadline (one timer serves them all: L{Deadline})."""
         self._phase = phase
-        deadline = self.clock.seconds() + seconds
-        self._deadline = deadline
-        timer = self._timer
-        if timer is None:
-            self._timer = self.clock.callLater(seconds, self._expired)
-        elif timer.getTime() > deadline:
-            timer.reset(seconds)
+        self._deadline.set(seconds)
 
     def _disarm(self) -> None:
         self._phase = ""
+        self._deadline.clear()
 
     def _stop_timer(self) -> None:
         self._phase = ""
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._deadline.stop()
 
     def _expired(self) -> None:
-        self._timer = None
-        phase = self._phase
-        if not phase:
-            return
-        left = self._deadline - self.clock.seconds()
-        if left > 0:
-            self._timer = self.clock.callLater(left, self._expired)
-            return
-        self._phase = ""
+        phase, self._phase = self._phase, ""
         if phase == "idle":
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif phase == "head":
             self._fail(_Reject(408, "request head not received in time"))
-        else:
+        elif phase == "body":
             self._fail(_Reject(408, "request body not received in time"))
 
 
 class HTTPFrontendFactory(Factory):
     """
     Builds the front end's connections, refusing those over C{max_clients}
-    with a 503, and hands each request to C{handle}.
+    with a 503, and hands each request to C{handle}, which gives it its
+    handler (L{txlb.http.request.RequestHandler}).
     """
 
     noisy = False
 
     def __init__(
         self,
-        limits: Limits,
+        limits: ClientConfig,
         clock: IReactorTime,
         handle: Callable[[ClientRequest], None],
     ) -> None:
@@ -819,21 +511,8 @@ class HTTPFrontendFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         if not self.limit.admit(self.connections):
-            return _Refuse()
+            return Refuse(wire.plain(503, "too many connections", retry_after=b"1"))
         return HTTPFrontend(self)
-
-
-class _Refuse(Protocol):
-    """Answers 503 and closes: the connection is over C{max_clients}."""
-
-    def connectionMade(self) -> None:
-        body = b"too many connections\n"
-        self.transport.write(  # type: ignore[union-attr]
-            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (len(body), body)
-        )
-        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 # What a connection's parser becomes once it is closed or taken over: llhttp

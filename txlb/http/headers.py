@@ -30,6 +30,8 @@ __all__ = [
     "connection_tokens",
     "forwarded_chain",
     "request_head",
+    "response_headers",
+    "switching_head",
 ]
 
 # RFC 9110 section 7.6.1, plus the non-standard ones proxies have always dropped.
@@ -240,4 +242,56 @@ def request_head(
     elif body_length or method in (b"POST", b"PUT", b"PATCH"):
         append(b"Content-Length: %d\r\n" % body_length)
     append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """
+    A backend's response headers as the client gets them: without the
+    hop-by-hop ones and those the backend's C{Connection} names.
+
+    @return: the headers, whether they hold a C{Date}, and whether they
+        hold a C{Content-Length}.
+    """
+    drop: frozenset[bytes] = frozenset()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            drop = connection_tokens([value])
+    saw_date = length_known = False
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in drop:
+            continue
+        if lower == b"date":
+            saw_date = True
+        elif lower == b"content-length":
+            length_known = True
+        out.append((name, value))
+    return out, saw_date, length_known
+
+
+def switching_head(reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """
+    The client's C{101} head after a backend switched protocols: the
+    backend's end-to-end headers, and its C{Upgrade} with C{Connection:
+    Upgrade} (the only hop-by-hop ones kept).
+    """
+    headers = list(headers)
+    drop: frozenset[bytes] = frozenset()
+    upgrade = b""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"connection":
+            drop = connection_tokens([value])
+        elif lower == b"upgrade":
+            upgrade = value
+    parts = [b"HTTP/1.1 101 ", reason or b"Switching Protocols", b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in drop:
+            parts += [name, b": ", value, b"\r\n"]
+    parts += [b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n"]
     return b"".join(parts)

@@ -4,22 +4,28 @@ backend and the C{httptools} (llhttp) response parser.
 
 This replaces C{twisted.web.client.Agent} on the per-request path: no
 endpoint objects, no Deferred chains, a C parser.  A connection carries one
-exchange at a time; its owner (an L{IUpstreamSink}) is told of the response
-head, each body piece, the end, or a failure, exactly once.
+exchange at a time; its owner (an L{UpstreamSink}) is told of the response
+head, each body piece, the end, a failure or a timeout, exactly once.
+
+The connection owns the exchange's C{backend_timeout}: armed once the
+request is sent (L{BackendConnection.arm}), moved by every piece of the
+answer, and kept on one timer for the connection's successive requests
+(L{txlb.net.deadline}), so no timer is made or cancelled per request.
 """
 
 from __future__ import annotations
 
-from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
-from twisted.internet.interfaces import IReactorTCP, ITCPTransport
-from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from txlb.config import Address
 from txlb.net import fastio
+from txlb.net.connect import ConnectAttempt
+from txlb.net.deadline import Deadline
 
 __all__ = ["BackendConnection", "BackendPool", "UpstreamSink"]
 
@@ -60,6 +66,13 @@ class UpstreamSink(TypingProtocol):
         @param rest: bytes of the new protocol that came after the head.
         """
 
+    def upstream_timed_out(self) -> None:
+        """
+        No piece of the answer came within the C{timeout} given to
+        L{BackendConnection.arm}.  The connection is still the sink's (it
+        is no longer usable: abort it).
+        """
+
 
 class BackendConnection(Protocol):
     """
@@ -72,14 +85,12 @@ class BackendConnection(Protocol):
 
     sink: UpstreamSink | None = None
     reused = False
-    # The exchange's backend_timeout, kept here so that one timer serves
-    # the connection's successive requests (see txlb.httpproxy).
-    deadline = 0.0
-    deadline_sink: Any = None
-    deadline_timer: Any = None
+    connected_by: ConnectAttempt | None = None
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
+        self._deadline = Deadline(pool.clock, self._timed_out)
+        self._timeout = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -89,7 +100,6 @@ class BackendConnection(Protocol):
         self._framed = False  # the head being read names its framing
         self._responded = False
         self._request_sent = False
-        self._ready: _Connect | None = None
         self._switching: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
 
     # --- called by the pool and the exchange -------------------------------
@@ -114,6 +124,25 @@ class BackendConnection(Protocol):
         """The whole request has been sent."""
         self._request_sent = True
 
+    def arm(self, timeout: float) -> None:
+        """
+        Time the answer: C{upstream_timed_out} unless a piece of it arrives
+        within C{timeout} seconds, and again after each piece.
+        """
+        self._timeout = timeout
+        self._deadline.set(timeout)
+
+    def disarm(self) -> None:
+        """Stop timing (the client does not read: the backend is not to blame)."""
+        self._timeout = 0.0
+        self._deadline.clear()
+
+    def _timed_out(self) -> None:
+        self._timeout = 0.0
+        sink = self.sink
+        if sink is not None:
+            sink.upstream_timed_out()
+
     # --- IPushProducer: the client side pauses the backend read ---------------
 
     _paused = False
@@ -132,6 +161,7 @@ class BackendConnection(Protocol):
     def abort(self) -> None:
         """Drop the connection at once, ending the exchange without a report."""
         self.sink = None
+        self.disarm()
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -140,9 +170,9 @@ class BackendConnection(Protocol):
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
-        ready, self._ready = self._ready, None
-        if ready is not None:
-            ready.connected(self)
+        attempt, self.connected_by = self.connected_by, None
+        if attempt is not None:
+            attempt.made(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.sink is None:
@@ -150,6 +180,9 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._responded = True
+        if self._timeout:
+            # Each piece of the answer starts backend_timeout again.
+            self._deadline.at = self.pool.clock.seconds() + self._timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -168,6 +201,7 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.pool.lost(self)
+        self._deadline.stop()
         sink = self.sink
         if sink is None:
             return
@@ -227,6 +261,7 @@ class BackendConnection(Protocol):
 
     def _complete(self, keep_alive: bool) -> None:
         sink, self.sink = self.sink, None
+        self.disarm()
         reusable = keep_alive and self._request_sent
         assert sink is not None
         sink.upstream_done()
@@ -241,6 +276,7 @@ class BackendConnection(Protocol):
     def _upgraded(self, rest: bytes) -> None:
         switching, self._switching = self._switching, None
         sink, self.sink = self.sink, None
+        self.disarm()
         if switching is None or sink is None:
             if sink is not None:
                 sink.upstream_failed("backend switched protocols unasked", True)
@@ -251,6 +287,7 @@ class BackendConnection(Protocol):
 
     def _fail(self, why: str) -> None:
         sink, self.sink = self.sink, None
+        self.disarm()
         if sink is not None:
             sink.upstream_failed(why, self._responded)
 
@@ -277,42 +314,6 @@ class ConnectWaiter(TypingProtocol):
     def upstream_unreachable(self, why: str) -> None: ...
 
 
-class _Connect(ClientFactory):
-    """One connection attempt; tells its waiter once, or pools the result."""
-
-    noisy = False
-
-    def __init__(self, pool: BackendPool, waiter: ConnectWaiter | None) -> None:
-        self.pool = pool
-        self.waiter = waiter
-        self.connector = None
-
-    def buildProtocol(self, addr: object) -> BackendConnection:
-        connection = BackendConnection(self.pool)
-        connection._ready = self
-        return connection
-
-    def connected(self, connection: BackendConnection) -> None:
-        self.pool._connecting -= 1
-        waiter, self.waiter = self.waiter, None
-        if waiter is None:
-            self.pool.checkin(connection)
-        else:
-            waiter.upstream_ready(connection)
-
-    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        self.pool._connecting -= 1
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            waiter.upstream_unreachable(
-                f"cannot connect to {self.pool.address}: {reason.getErrorMessage()}"
-            )
-
-    def cancel(self) -> None:
-        """The waiter no longer wants it; a connection that arrives is pooled."""
-        self.waiter = None
-
-
 class BackendPool:
     """
     Connections to one backend: idle ones kept for reuse (most recently used
@@ -322,31 +323,33 @@ class BackendPool:
     def __init__(
         self,
         reactor: IReactorTCP,
+        clock: IReactorTime,
         address: Address,
         connect_timeout: float,
         max_idle: int,
     ) -> None:
         self.address = address
+        self.clock = clock
         self._reactor = reactor
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[BackendConnection] = []
-        self._connecting = 0
         self._closed = False
 
     @property
     def idle(self) -> int:
         return len(self._idle)
 
-    def get(self, waiter: ConnectWaiter, fresh: bool = False) -> _Connect | None:
+    def get(self, waiter: ConnectWaiter, fresh: bool = False) -> ConnectAttempt | None:
         """
         Hand the waiter a connection: an idle one at once, or a new one when
         it connects.
 
         @param fresh: always open a new connection.
 
-        @return: the pending attempt (to C{cancel()}), or L{None} if the
-            waiter was served already.
+        @return: the pending attempt (to C{abandon()}: a connection that
+            arrives then is pooled), or L{None} if the waiter was served
+            already.
         """
         idle = self._idle
         while idle and not fresh:
@@ -354,14 +357,13 @@ class BackendPool:
             if _open(connection.transport):
                 waiter.upstream_ready(connection)
                 return None
-        attempt = _Connect(self, waiter)
-        self._connecting += 1
-        self._reactor.connectTCP(
-            self.address.host,
-            self.address.port,
-            attempt,
-            timeout=self._connect_timeout,
+        attempt = ConnectAttempt(
+            lambda: BackendConnection(self),
+            waiter.upstream_ready,
+            waiter.upstream_unreachable,
+            self.checkin,
         )
+        attempt.start(self._reactor, self.clock, self.address, self._connect_timeout)
         return attempt
 
     def checkin(self, connection: BackendConnection) -> None:

@@ -17,7 +17,8 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import Site
 
-from txlb.http.frontend import ClientRequest
+from txlb.http import wire
+from txlb.http.request import ClientRequest
 
 __all__ = ["StatsCall"]
 
@@ -28,7 +29,7 @@ _BODY_LIMIT = 1 << 20
 class StatsCall:
     """One stats-app request, answered by twisted.web on the client's connection."""
 
-    stats = True  # not waited for at shutdown (an event stream may never end)
+    waited_for = False  # at shutdown: an event stream may never end
 
     def __init__(self, request: ClientRequest, site: Site) -> None:
         self.request = request
@@ -135,5 +136,5 @@ class StatsCall:
         self.transport.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self._channel.send(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        self._channel.send(wire.plain(400, "bad request"))
         self.transport.loseConnection()

@@ -1,6 +1,6 @@
 """
 The limit on client connections (C{max_clients}), shared by the HTTP front
-end and TCP mode: HAProxy's C{maxconn}.
+end and TCP mode: HAProxy's C{maxconn}; and what a refused connection gets.
 """
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Sized
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-__all__ = ["ClientLimit"]
+__all__ = ["ClientLimit", "Refuse"]
 
 
 class ClientLimit:
@@ -40,3 +41,18 @@ class ClientLimit:
                 count=len(open_now),
             )
         return False
+
+
+class Refuse(Protocol):
+    """
+    A connection over C{max_clients}: sent C{answer} (HTTP mode's 503;
+    nothing in TCP mode) and closed as soon as it is accepted.
+    """
+
+    def __init__(self, answer: bytes = b"") -> None:
+        self._answer = answer
+
+    def connectionMade(self) -> None:
+        if self._answer:
+            self.transport.write(self._answer)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]

@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from txlb.net import fastio
 
-__all__ = ["READ_SIZE", "Relay", "Side", "adopt"]
+__all__ = ["READ_SIZE", "Relay", "Side", "adopt", "splice"]
 
 READ_SIZE = 256 * 1024
 """
@@ -103,6 +103,30 @@ def adopt(transport: Any, side: Side) -> None:
     else:
         transport.protocol = side
     side.makeConnection(transport)
+
+
+def splice(
+    relay: Relay,
+    client: Any,
+    backend: Any,
+    to_client: bytes = b"",
+    to_backend: bytes = b"",
+) -> None:
+    """
+    The hand-off of two connections that spoke HTTP (a WebSocket, any
+    protocol switch) to C{relay}: C{to_client} (the 101 head and what the
+    backend sent after it) and C{to_backend} (what the client sent past its
+    request head) are written first, then each transport's events go to a
+    new L{Side} and the relay joins them.
+    """
+    if to_client:
+        client.write(to_client)
+    if to_backend:
+        backend.write(to_backend)
+    client_side, backend_side = Side(), Side()
+    adopt(client, client_side)
+    adopt(backend, backend_side)
+    relay.join(client_side, backend_side)
 
 
 def _set_buffer(transport: ITransport, size: int) -> None:

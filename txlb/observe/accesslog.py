@@ -17,10 +17,48 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-__all__ = ["AccessLog", "format_combined", "format_json"]
+from txlb.http.headers import TrustedProxies, forwarded_chain
+from txlb.http.request import ClientRequest
+
+__all__ = ["AccessLog", "format_combined", "format_json", "record"]
 
 _FLUSH_INTERVAL = 0.5
 _MAX_BATCH = 512
+
+
+def record(
+    request: ClientRequest,
+    trusted: TrustedProxies | None,
+    status: int,
+    sent: int,
+    backend: str,
+    started: float,
+    upstream_started: float,
+    now: float,
+) -> dict[str, Any]:
+    """
+    The access log's record of one request: who, what, the answer, the
+    backend and the times (C{upstream_started} 0: no backend was reached).
+    Behind a trusted proxy the client is the one it names.
+    """
+    client = request.peer or "-"
+    if trusted is not None and client in trusted:
+        chain = request.values(b"x-forwarded-for")
+        client = forwarded_chain(chain, b"", trusted)[0].decode("latin-1") or client
+    return {
+        "time": now,
+        "client": client,
+        "method": request.method.decode("latin-1"),
+        "uri": request.uri.decode("latin-1"),
+        "protocol": request.version.decode("latin-1"),
+        "status": status,
+        "bytes": sent,
+        "referer": (request.value(b"referer") or b"-").decode("latin-1"),
+        "user_agent": (request.value(b"user-agent") or b"-").decode("latin-1"),
+        "backend": backend,
+        "upstream_time": (now - upstream_started) if upstream_started else None,
+        "total_time": now - started,
+    }
 
 
 def _quote(text: str) -> str:

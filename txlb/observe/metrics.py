@@ -25,9 +25,12 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from zope.interface import implementer
 
 from txlb import __version__
-from txlb.core.registry import Backend, Registry
+from txlb.core.backend import Backend
+from txlb.core.listeners import BackendListener, IBackendListener
+from txlb.core.registry import Registry
 
 __all__ = ["LATENCY_BUCKETS", "STATES", "STATUS_CLASSES", "Metrics"]
 
@@ -116,37 +119,39 @@ class _RegistryCollector(Collector):
             limit.add_metric(name, b.max_connections)
         yield from (active, up, state, weight, picks, failures, limit)
 
-        registry = self._registry
+        queue = self._registry.queue
         yield GaugeMetricFamily(
             "txlb_queue_length",
             "Requests waiting for a backend below its max_connections.",
-            value=registry.queued,
+            value=len(queue),
         )
         yield GaugeMetricFamily(
             "txlb_queue_size",
             "The most requests that may wait.",
-            value=registry.queue_size,
+            value=queue.size,
         )
         yield CounterMetricFamily(
             "txlb_queued",
             "Requests that waited in the queue.",
-            value=registry.queued_total,
+            value=queue.total,
         )
         yield CounterMetricFamily(
             "txlb_queue_timeouts",
             "Requests answered 503 after queue_timeout in the queue.",
-            value=registry.queue_timeouts,
+            value=queue.timeouts,
         )
         yield CounterMetricFamily(
             "txlb_queue_rejections",
             "Requests answered 503 at once because the queue was full.",
-            value=registry.queue_full_rejections,
+            value=queue.full_rejections,
         )
 
 
-class Metrics:
+@implementer(IBackendListener)
+class Metrics(BackendListener):
     """
-    The Prometheus view of one registry.
+    The Prometheus view of one registry; as a registry listener it keeps
+    each backend's label children on the backend (C{backend.meters}).
 
     @ivar prometheus: the C{CollectorRegistry} holding every txlb metric.
     """
@@ -168,23 +173,20 @@ class Metrics:
         )
         self._requests = requests
         self._duration = duration
-        self._children: dict[Backend, tuple[list[Counter], Histogram]] = {}
-        for b in registry.backends:
-            self.track(b)
         self.prometheus.register(_RegistryCollector(registry))
+        registry.subscribe(self)
 
-    def track(self, backend: Backend) -> None:
-        """Create the series of a backend (at start-up, or added by a reload)."""
+    def backend_added(self, backend: Backend) -> None:
+        """Create the backend's series: a request then costs two increments."""
         name = backend.name
-        self._children[backend] = (
+        backend.meters = (
             [self._requests.labels(name, c) for c in STATUS_CLASSES],
             self._duration.labels(name),
         )
 
-    def forget(self, backend: Backend) -> None:
-        """Drop the series of a backend removed by a reload."""
-        if self._children.pop(backend, None) is None:
-            return
+    def backend_removed(self, backend: Backend) -> None:
+        """Drop the backend's series."""
+        backend.meters = None
         for c in STATUS_CLASSES:
             self._requests.remove(backend.name, c)
         self._duration.remove(backend.name)
@@ -194,7 +196,7 @@ class Metrics:
         Count one finished request (the signature of C{HTTPProxy}'s
         C{observe}).
         """
-        children = self._children.get(backend)
+        children = backend.meters
         if children is None:
             return
         counters, histogram = children

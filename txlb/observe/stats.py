@@ -22,8 +22,12 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from txlb.core.registry import Backend, Registry
+from txlb.core.backend import Backend
+from txlb.core.listeners import BackendListener, IBackendListener
+from txlb.core.registry import Registry
+from txlb.observe.view import describe, totals
 
 __all__ = [
     "HISTORY_FIELDS",
@@ -142,9 +146,12 @@ def _latency_ms(ordered: list[float]) -> dict[str, float | None]:
     return {f"p{p}": round(percentile(ordered, p) * 1000.0, 3) for p in (50, 95, 99)}
 
 
-class Stats:
+@implementer(IBackendListener)
+class Stats(BackendListener):
     """
-    Rolling statistics of one registry, fed by the proxy's C{observe} hook.
+    Rolling statistics of one registry, fed by the proxy's C{observe} hook;
+    as a registry listener it keeps each backend's L{Series} on the backend
+    (C{backend.series}).
     """
 
     def __init__(
@@ -156,21 +163,16 @@ class Stats:
         self._registry = registry
         self._clock = clock
         self._started = clock.seconds()
-        self._series = {b: Series() for b in registry.backends}
         self._total = Series()
         # The front end's own counters (open, refused, rejected), when wired.
         self.clients: Callable[[], dict[str, int]] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
+        registry.subscribe(self)
 
-    def track(self, backend: Backend) -> None:
-        """Keep series for a backend added by a reload."""
-        self._series.setdefault(backend, Series())
-
-    def forget(self, backend: Backend) -> None:
-        """Drop the series of a backend removed by a reload."""
-        self._series.pop(backend, None)
+    def backend_added(self, backend: Backend) -> None:
+        backend.series = Series()
 
     def observe(self, backend: Backend, status: int, seconds: float) -> None:
         """
@@ -179,7 +181,7 @@ class Stats:
         """
         now = self._clock.seconds()
         error = status >= 500
-        series = self._series.get(backend)
+        series = backend.series
         if series is not None:
             series.add(now, seconds, error)
         self._total.add(now, seconds, error)
@@ -192,19 +194,7 @@ class Stats:
         now = self._clock.seconds()
         registry = self._registry
         total_count, total_errors, total_span = self._total.window(now, self._started)
-        backends = []
-        for b in registry.backends:
-            series = self._series[b]
-            count, errors, span = series.window(now, self._started)
-            backends.append(
-                {
-                    **registry.describe(b),
-                    "rps": round(count / span, 3),
-                    "error_rate": round(errors / count, 4) if count else 0.0,
-                    "share": round(count / total_count, 4) if total_count else 0.0,
-                    "latency_ms": _latency_ms(series.latencies(now)),
-                }
-            )
+        backends = [self._entry(b, now, total_count) for b in registry.backends]
         clients = self.clients
         return {
             "time": now,
@@ -214,7 +204,7 @@ class Stats:
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
             "totals": {
-                **registry.totals(),
+                **totals(registry),
                 "responses": self._total.responses,
                 "rps": round(total_count / total_span, 3),
                 "error_rate": round(total_errors / total_count, 4)
@@ -222,6 +212,23 @@ class Stats:
                 else 0.0,
                 "latency_ms": _latency_ms(self._total.latencies(now)),
             },
+        }
+
+    def entry(self, backend: Backend) -> dict[str, Any]:
+        """One backend as C{/api/server-stats} shows it."""
+        now = self._clock.seconds()
+        total_count, _, _ = self._total.window(now, self._started)
+        return self._entry(backend, now, total_count)
+
+    def _entry(self, b: Backend, now: float, total_count: int) -> dict[str, Any]:
+        series = b.series
+        count, errors, span = series.window(now, self._started)
+        return {
+            **describe(b),
+            "rps": round(count / span, 3),
+            "error_rate": round(errors / count, 4) if count else 0.0,
+            "share": round(count / total_count, 4) if total_count else 0.0,
+            "latency_ms": _latency_ms(series.latencies(now)),
         }
 
     def sample(self) -> None:
@@ -237,7 +244,7 @@ class Stats:
         backends = self._registry.backends
         count, errors, span = self._total.window(now, since)
         latency = _latency_ms(self._total.latencies(now))
-        totals = (
+        sums = (
             sum(b.active for b in backends),
             round(count / span, 3),
             latency["p50"],
@@ -246,7 +253,7 @@ class Stats:
             round(errors / count, 4) if count else 0.0,
         )
         self._history.append(
-            (now, totals, tuple((b.active, rps(self._series[b])) for b in backends))
+            (now, sums, tuple((b.active, rps(b.series)) for b in backends))
         )
 
     def history(self, seconds: float | None = None) -> dict[str, Any]:

@@ -6,8 +6,9 @@ The client is paused from the moment it connects until a backend
 connection is up, so nothing piles up meanwhile.  A backend that refuses,
 fails or does not connect within C{connect_timeout} is counted as failed
 and the next one is tried (at most C{retries} more), never one already
-tried for this client.  Once connected, an optional PROXY protocol header
-goes first, then L{txlb.tunnel.Relay} carries the bytes both ways.
+tried for this client.  Once connected, the backend's PROXY protocol header
+(its C{proxy_protocol}) goes first, then L{txlb.net.tunnel.Relay} carries
+the bytes both ways.
 
 When every backend the client may use is at its C{max_connections}, the
 client waits (still paused) in the registry's queue; it is closed if no
@@ -17,24 +18,23 @@ backend frees up within C{queue_timeout} or the queue is full.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import (
     IAddress,
-    IConnector,
-    IDelayedCall,
     IReactorTCP,
     IReactorTime,
     ITCPTransport,
 )
-from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txlb.config import Config
-from txlb.core.registry import Backend, Lease, Registry, Waiter
-from txlb.net.admission import ClientLimit
+from txlb.config import ClientConfig, Config, ProxyConfig
+from txlb.core.backend import Backend
+from txlb.core.queue import Refusal, Waiter
+from txlb.core.registry import Lease, Registry
+from txlb.net.admission import ClientLimit, Refuse
+from txlb.net.connect import ConnectAttempt
 from txlb.net.tunnel import Relay, Side
 from txlb.tcp import proxyproto
 
@@ -42,10 +42,7 @@ __all__ = ["TCPProxy", "TCPProxyFactory"]
 
 
 class TCPProxy:
-    """
-    What every TCP-mode connection shares: the registry, the reactor, the
-    timeouts and each backend's PROXY protocol setting.
-    """
+    """What every TCP-mode connection shares: registry, reactor, timeouts."""
 
     log = Logger()
 
@@ -54,7 +51,8 @@ class TCPProxy:
         registry: Registry,
         reactor: IReactorTCP,
         clock: IReactorTime,
-        config: Config,
+        settings: ProxyConfig,
+        limits: ClientConfig,
         observe: Callable[[Backend, int, float], None] | None = None,
     ) -> None:
         """
@@ -68,16 +66,24 @@ class TCPProxy:
         self.reactor = reactor
         self.clock = clock
         self.observe = observe
-        self.connect_timeout = config.connect_timeout
-        self.idle_timeout = config.idle_timeout
-        self.retries = config.retries
-        self.limit = ClientLimit(config.max_clients, clock)
+        self.connect_timeout = settings.connect_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.retries = settings.retries
+        self.limit = ClientLimit(limits.max_clients, clock)
+        self.rejected = 0  # nothing is parsed in TCP mode, so nothing rejected
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
-        by_name = {b.name: b.proxy_protocol for b in config.backends}
-        self.proxy_protocol: dict[Backend, str] = {
-            b: by_name.get(b.name, "none") for b in registry.backends
-        }
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        registry: Registry,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        observe: Callable[[Backend, int, float], None] | None = None,
+    ) -> TCPProxy:
+        return cls(registry, reactor, clock, config.proxy, config.client, observe)
 
 
 class TCPProxyFactory(Factory):
@@ -94,15 +100,8 @@ class TCPProxyFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         proxy = self.proxy
         if not proxy.limit.admit(proxy.connections):
-            return _Refuse()
+            return Refuse()
         return _Client(self.proxy)
-
-
-class _Refuse(Protocol):
-    """Closes a connection over C{max_clients} as soon as it is accepted."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class _Client(Side):
@@ -118,7 +117,7 @@ class _Client(Side):
         self.tried: list[Backend] = []
         self.lease: Lease | None = None
         self.waiter: Waiter | None = None
-        self.attempt: _Attempt | None = None
+        self.attempt: ConnectAttempt | None = None
         self.early: list[bytes] = []
         self.started = 0.0
 
@@ -129,6 +128,10 @@ class _Client(Side):
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         self._pick()
+
+    def settle(self) -> bool:
+        """A shutdown lets a TCP-mode connection run until it ends."""
+        return False
 
     # --- before the relay: events while connecting ------------------------------
 
@@ -159,62 +162,42 @@ class _Client(Side):
         self.reading = False
         attempt, self.attempt = self.attempt, None
         if attempt is not None:
-            attempt.abandon()
+            attempt.abandon(stop=True)
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
             waiter.cancel()
         self._release(failed=False)
 
-    # --- choosing and connecting --------------------------------------------------
+    # --- choosing and connecting (LeaseClient) ------------------------------------
 
     def _pick(self) -> None:
-        registry = self.proxy.registry
-        lease = registry.acquire(self.tried)
-        if lease is not None:
-            self._connect(lease)
-            return
-        if registry.full(self.tried):
-            self.waiter = registry.wait(self.tried, self._leased, self._queue_timed_out)
-            if self.waiter is not None:
-                return
-            why = "every backend is at max_connections and the queue is full"
-        else:
-            why = "every backend tried failed" if self.tried else "none available"
-        self._give_up(why)
+        self.waiter = self.proxy.registry.queue.lease_or_wait(self, self.tried)
 
-    def _leased(self, lease: Lease) -> None:
-        """A backend freed up while the client waited in the queue."""
+    def refused(self, refusal: Refusal) -> None:
         self.waiter = None
-        self._connect(lease)
-
-    def _queue_timed_out(self) -> None:
-        self.waiter = None
-        timeout = self.proxy.registry.queue_timeout
-        self._give_up(f"no backend below max_connections within {timeout:g}s")
-
-    def _give_up(self, why: str) -> None:
         self.log.warn(
-            "no backend for client {client}: {why}", client=_peer(self), why=why
+            "no backend for client {client}: {why}",
+            client=_peer(self),
+            why=refusal.words,
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _connect(self, lease: Lease) -> None:
+    def leased(self, lease: Lease) -> None:
         proxy = self.proxy
+        self.waiter = None
         self.lease = lease
         backend = lease.backend
         self.tried.append(backend)
         self.started = proxy.clock.seconds()
-        attempt = _Attempt(self, backend)
-        self.attempt = attempt
-        connector = proxy.reactor.connectTCP(
-            backend.address.host,
-            backend.address.port,
-            attempt,
-            # A backstop: the attempt's own timer (on the injected clock)
-            # normally ends it first.
-            timeout=proxy.connect_timeout + 1,
+        self.attempt = attempt = ConnectAttempt(
+            lambda: _BackendSide(),
+            self.backend_connected,
+            self.attempt_failed,
+            _drop,
         )
-        attempt.start(connector, proxy.clock, proxy.connect_timeout)
+        attempt.start(
+            proxy.reactor, proxy.clock, backend.address, proxy.connect_timeout
+        )
 
     def attempt_failed(self, why: str) -> None:
         """The backend could not be reached: try the next, or give up."""
@@ -244,7 +227,7 @@ class _Client(Side):
         lease = self.lease
         assert lease is not None and backend.transport is not None
         proxy = self.proxy
-        version = proxy.proxy_protocol.get(lease.backend, "none")
+        version = lease.backend.spec.proxy_protocol
         if version != "none":
             backend.transport.write(
                 proxyproto.header(
@@ -285,78 +268,21 @@ class _Client(Side):
 class _BackendSide(Side):
     """The connection to the backend; tells its attempt when it is up."""
 
-    def __init__(self, attempt: _Attempt) -> None:
-        self.attempt = attempt
+    connected_by: ConnectAttempt | None = None
 
     def connectionMade(self) -> None:
         # Paused until the relay starts.
         self.transport.pauseProducing()  # type: ignore[union-attr]
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
-        self.attempt.made(self)
+        attempt, self.connected_by = self.connected_by, None
+        if attempt is not None:
+            attempt.made(self)
 
 
-class _Attempt(ClientFactory):
-    """
-    One connection attempt to one backend for one client, with its own
-    timeout.  Whatever happens, the client hears of it at most once; a
-    connection that arrives after the client stopped waiting is dropped.
-    """
-
-    noisy = False
-
-    def __init__(self, client: _Client, backend: Backend) -> None:
-        self.client: _Client | None = client
-        self.backend = backend
-        self.connector: IConnector | None = None
-        self.timer: IDelayedCall | None = None
-
-    def start(self, connector: IConnector, clock: IReactorTime, timeout: float) -> None:
-        self.connector = connector
-        if self.client is not None:
-            self.timer = clock.callLater(timeout, self._timed_out, timeout)
-
-    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
-        return _BackendSide(self)
-
-    def made(self, side: _BackendSide) -> None:
-        client = self._finish()
-        if client is None:
-            side.transport.abortConnection()  # type: ignore[union-attr]
-        else:
-            client.backend_connected(side)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        client = self._finish()
-        if client is not None:
-            client.attempt_failed(reason.getErrorMessage())
-
-    def abandon(self) -> None:
-        """The client left: stop connecting (a late connection is dropped)."""
-        self._finish()
-        self._stop_connecting()
-
-    def _timed_out(self, timeout: float) -> None:
-        self.timer = None
-        client = self._finish()
-        self._stop_connecting()
-        if client is not None:
-            client.attempt_failed(f"no connection within {timeout:g}s")
-
-    def _finish(self) -> _Client | None:
-        client, self.client = self.client, None
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        return client
-
-    def _stop_connecting(self) -> None:
-        connector, self.connector = self.connector, None
-        if connector is not None:
-            try:
-                connector.stopConnecting()
-            except NotConnectingError:
-                pass
+def _drop(side: Protocol) -> None:
+    """A backend connection that came after its client left."""
+    side.transport.abortConnection()  # type: ignore[union-attr]
 
 
 def _peer(side: Side) -> str:

@@ -1,0 +1,163 @@
+"""
+Picking a backend: the backends in rotation, and the pick among them by the
+policy (L{txlb.core.policies}), by a scan or, above L{INDEX_ABOVE} backends,
+by the load index (L{txlb.core.index}); both pick the same backend.
+
+The L{Selector} also keeps the virtual clock that breaks ties (each pick
+moves the winner's C{vtime} on by C{1/weight}), the panic mode (too few
+healthy backends: balance over all of them, as Envoy does) and the decision
+log.  It is the registry's: the registry says which backends are in
+rotation, and counts each pick on the backend here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from txlb.config import BalancingConfig
+from txlb.core.backend import Backend
+from txlb.core.decisions import DecisionLog
+from txlb.core.index import LoadIndex
+from txlb.core.policies import Policy, policy_for
+
+__all__ = ["INDEX_ABOVE", "Selector"]
+
+INDEX_ABOVE = 16
+"""Above this many backends in rotation, selection uses a heap (O(log n))."""
+
+
+class Selector:
+    """
+    The backends in rotation and how one is picked.
+
+    @ivar available: the backends in rotation now.
+    @ivar indexed: whether picks use the heap (then C{index} is kept exact).
+    @ivar limited: how many backends have a C{max_connections} (the scan
+        filters full backends only when some have).
+    """
+
+    log = Logger()
+
+    def __init__(self, balancing: BalancingConfig, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.algorithm = balancing.algorithm
+        self.policy: Policy = policy_for(balancing.algorithm, balancing.ewma_decay)
+        cost = self.policy.cost
+        self.index: LoadIndex[Backend] | None = (
+            LoadIndex(lambda b: (cost(b), b.vtime, b.order), _has_room)
+            if self.policy.indexed
+            else None
+        )
+        self.indexed = False
+        self.latency_aware = self.policy.needs_latency
+        self.available: list[Backend] = []
+        self._panic_threshold = balancing.panic_threshold
+        self.panic = False
+        self.vclock = 0.0
+        self.picks = 0
+        self.limited = 0
+        self.decisions = DecisionLog(self.policy)
+
+    def pick(self, exclude: Container[Backend] = ()) -> Backend | None:
+        """
+        The backend the policy picks among those in rotation, not full and
+        not in C{exclude}, counted as one more request on it; or L{None}.
+        """
+        if self.indexed:
+            return self._pick_indexed(exclude)
+        candidates = self.available
+        if self.limited:
+            candidates = [
+                b for b in candidates if not b.full and not (exclude and b in exclude)
+            ]
+        elif exclude:
+            candidates = [b for b in candidates if b not in exclude]
+        if not candidates:
+            return None
+        policy = self.policy
+        if self.latency_aware:
+            policy.estimate(candidates, self._clock.seconds())
+        index = policy.pick(candidates)
+        return self._chosen(candidates[index], candidates, index, exclude)
+
+    def _pick_indexed(self, exclude: Container[Backend]) -> Backend | None:
+        backend = self.index.best(exclude)  # type: ignore[union-attr]
+        if backend is None:
+            return None
+        if self._clock.seconds() < self.decisions.next_due:
+            return self._chosen(backend, (), 0, exclude)
+        # A sampled decision lists the candidates: O(n), but sampled so that at
+        # most CANDIDATE_RATE candidates a second are copied (txlb.core.decisions).
+        candidates = [b for b in self.available if b not in exclude and not b.full]
+        return self._chosen(backend, candidates, candidates.index(backend), exclude)
+
+    def _chosen(
+        self,
+        backend: Backend,
+        candidates: Sequence[Backend],
+        index: int,
+        exclude: Container[Backend],
+    ) -> Backend:
+        self.picks += 1
+        decisions = self.decisions
+        now = self._clock.seconds()
+        if now >= decisions.next_due and candidates:
+            # Sampled (at most DecisionLog.rate per second): O(1) otherwise.
+            decisions.record(now, self.picks, candidates, index, exclude)
+        start = max(self.vclock, backend.vtime)
+        self.vclock = start
+        backend.vtime = start + 1.0 / backend.weight
+        backend.active += 1
+        backend.total_requests += 1
+        if self.indexed:
+            self.index.touch(backend)  # type: ignore[union-attr]
+        return backend
+
+    def full(self, exclude: Container[Backend] = ()) -> bool:
+        """
+        Whether a request that L{pick} could not serve should wait: some
+        backend it may use is in rotation but at its C{max_connections}.
+        """
+        if not self.limited:
+            return False
+        index = self.index
+        if self.indexed and not exclude:
+            return index.parked > 0  # type: ignore[union-attr]
+        return any(b.full and b not in exclude for b in self.available)
+
+    def rotate(self, backends: Sequence[Backend]) -> None:
+        """Put in rotation those of C{backends} that may take requests now."""
+        eligible = [b for b in backends if not b.draining]
+        available = [b for b in eligible if b.healthy and not b.ejected]
+        panic = bool(
+            self._panic_threshold
+            and eligible
+            and len(available) * 100 < self._panic_threshold * len(eligible)
+        )
+        if panic != self.panic:
+            self.panic = panic
+            self.log.warn(
+                "panic mode {onoff}: {healthy} of {total} backends healthy,"
+                " threshold {threshold}%",
+                onoff="on" if panic else "off",
+                healthy=len(available),
+                total=len(eligible),
+                threshold=self._panic_threshold,
+            )
+        self.available = eligible if panic else available
+        index = self.index
+        self.indexed = index is not None and len(self.available) > INDEX_ABOVE
+        if self.indexed:
+            index.rebuild(self.available)  # type: ignore[union-attr]
+
+    def touch(self, backend: Backend) -> None:
+        """C{backend}'s cost or room changed: re-place it in the index."""
+        if self.indexed:
+            self.index.touch(backend)  # type: ignore[union-attr]
+
+
+def _has_room(backend: Backend) -> bool:
+    return not backend.full

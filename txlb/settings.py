@@ -1,0 +1,147 @@
+"""
+The ``[txlb]`` keys, grouped by the part that reads them: the front end's
+L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
+L{BalancingConfig} and the stats' L{ObserveConfig}.  Each key is declared
+once, here (L{txlb.schema.key}); L{txlb.config} reads them.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from txlb import schema
+from txlb.core.policies import POLICIES
+from txlb.schema import DURATION, POSITIVE_DURATION, Network, key, one_of
+
+__all__ = [
+    "ALGORITHMS",
+    "BalancingConfig",
+    "ClientConfig",
+    "ObserveConfig",
+    "ProxyConfig",
+]
+
+ALGORITHMS = tuple(POLICIES)
+LOG_FORMATS = ("combined", "json")
+
+
+@attrs.frozen
+class ClientConfig:
+    """
+    What a client may send, and how slowly: the front end's deadlines and
+    limits (``[txlb]``).
+    """
+
+    header_timeout: float = key(
+        10.0,
+        schema.positive_duration,
+        POSITIVE_DURATION + "; the whole request head must arrive within it, else 408",
+    )
+    body_timeout: float = key(
+        60.0,
+        schema.positive_duration,
+        POSITIVE_DURATION + "; the request body must arrive within it, plus 1s per"
+        " body_min_rate bytes received, else 408",
+    )
+    body_min_rate: int = key(
+        1024,
+        schema.count,
+        "bytes per second, 0 (body_timeout is the whole body's deadline) or more",
+    )
+    keepalive_timeout: float = key(
+        60.0,
+        schema.positive_duration,
+        POSITIVE_DURATION + "; an idle client connection between requests is"
+        " closed after it",
+    )
+    client_timeout: float = key(
+        60.0,
+        schema.positive_duration,
+        POSITIVE_DURATION + "; a client that reads none of its response for that"
+        " long is disconnected",
+    )
+    max_clients: int = key(
+        10000,
+        schema.positive_count,
+        "a whole number, 1 or more: client connections at once (more are refused)",
+    )
+    max_header_size: int = key(
+        32768,
+        schema.positive_size,
+        "a size such as 32k or 32768 (bytes): the request head's limit, else 431",
+    )
+    max_uri_length: int = key(
+        8192,
+        schema.positive_size,
+        "a size such as 8k or 8192 (bytes): the request target's limit, else 414",
+    )
+    max_body_size: int = key(
+        0,
+        schema.parse_size,
+        "0 (unlimited) or a size such as 10m or 1048576 (bytes), else 413",
+    )
+
+
+@attrs.frozen
+class ProxyConfig:
+    """How requests and connections reach backends (``[txlb]``)."""
+
+    connect_timeout: float = key(3.0, schema.positive_duration, POSITIVE_DURATION)
+    backend_timeout: float = key(30.0, schema.positive_duration, POSITIVE_DURATION)
+    idle_timeout: float = key(
+        600.0,
+        schema.parse_duration,
+        "0 (never) or " + DURATION + "; closes a TCP-mode connection or WebSocket"
+        " with no byte either way for that long",
+    )
+    retries: int = key(2, schema.count, "a whole number, 0 or more")
+    retry_budget: int = key(
+        50, schema.percent, "a percentage of live requests, 0 to 100"
+    )
+    idle_pool_size: int = key(64, schema.count, "a whole number, 0 or more")
+    trusted_proxies: tuple[Network, ...] = key(
+        (),
+        schema.networks,
+        "empty (trust no one) or a comma list of addresses and networks whose"
+        " X-Forwarded-For is believed, e.g. 127.0.0.1, 10.0.0.0/8, ::1",
+    )
+
+
+@attrs.frozen
+class BalancingConfig:
+    """How the registry picks a backend, and how requests wait (``[txlb]``)."""
+
+    algorithm: str = key("least_conn", schema.choice(ALGORITHMS), one_of(ALGORITHMS))
+    ewma_decay: float = key(10.0, schema.positive_duration, POSITIVE_DURATION)
+    panic_threshold: int = key(
+        0, schema.percent, "a percentage of healthy backends, 0 (off) to 100"
+    )
+    queue_size: int = key(
+        1024,
+        schema.count,
+        "a whole number, 0 (no queue: 503 at once) or more; requests waiting"
+        " for a backend below its max_connections",
+    )
+    queue_timeout: float = key(5.0, schema.positive_duration, POSITIVE_DURATION)
+
+
+@attrs.frozen
+class ObserveConfig:
+    """The access log, the stats API and the admin actions (``[txlb]``)."""
+
+    access_log: str = key(
+        "", schema.text, "empty (off), - for standard output, or a file path"
+    )
+    access_log_format: str = key(
+        "combined", schema.choice(LOG_FORMATS), one_of(LOG_FORMATS)
+    )
+    admin_token_file: str = key(
+        "",
+        schema.text,
+        "empty (admin actions off) or the path of a file holding the admin token",
+    )
+    events_rate: float = key(
+        2.0,
+        schema.bounded(0, 20),
+        "server-sent events per second on /api/events, above 0 and at most 20",
+    )
