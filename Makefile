@@ -1,8 +1,9 @@
 # txlb: build, test and demo.  GNU make.
 #
-#   make test     system packages, venv, lint, typecheck, unit tests, integration tests
+#   make test     system packages, venv, lint, typecheck, unit tests, the wheel, integration tests
 #   make demo     three demo backends and txlb on http://127.0.0.1:8080/ (Ctrl-C stops all)
 #   make venv     .venv with txlb installed (not editable) and the test tools
+#   make wheel    sdist and wheel built as a new user would, the wheel in a fresh venv
 #   make bench    txlb against nginx, HAProxy, Caddy, aiohttp, stock Twisted (< 10 min)
 #   make soak     the chaos soak, SOAK_SECONDS long (default 600)
 #   make clean
@@ -21,16 +22,21 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SOURCES := $(shell find txlb backends web twisted/plugins \
 	-path web/vendor -prune -o -type f \( -name '*.py' -o -path 'web/*' \) -print 2>/dev/null)
 
+# make wheel's sdist, wheel and fresh venv (tests/integration/test_wheel.py).
+WHEEL_DIR := test-output/wheel
+
 DEPS_STAMP := $(VENV)/.deps-stamp
 INSTALL_STAMP := $(VENV)/.txlb-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: all test venv system-deps web-vendor lint typecheck unit pytest demo bench soak clean
+.PHONY: all test venv system-deps web-vendor wheel lint typecheck unit pytest demo bench soak clean
 
 all: test
 
 # Fails fast: each step runs only if the ones before it passed.
-test: system-deps venv lint typecheck unit pytest
+test: system-deps venv lint typecheck unit wheel pytest
+# Under make test the wheel tests fail, rather than skip, without a wheel.
+test: export TXLB_WHEEL_DIR := $(CURDIR)/$(WHEEL_DIR)
 
 system-deps:
 	PY=$(PY) scripts/install-system-deps.sh
@@ -46,14 +52,9 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-$(WEB_VENDOR): node_modules/.package-lock.json $(wildcard scripts/copy-vendor.js)
-	if [ -f scripts/copy-vendor.js ]; then \
-		node scripts/copy-vendor.js; \
-	else \
-		mkdir -p web/vendor && \
-		cp node_modules/chart.js/dist/chart.umd.js web/vendor/ && \
-		cp node_modules/chart.js/LICENSE.md web/vendor/chart.js-LICENSE.md; \
-	fi
+# The same copy step setup.py runs when a build finds web/vendor/ empty.
+$(WEB_VENDOR): node_modules/.package-lock.json scripts/copy-vendor.js
+	node scripts/copy-vendor.js
 	touch $@
 else
 $(info make: package.json has no package-lock.json yet; web-vendor does nothing)
@@ -65,7 +66,7 @@ web-vendor: $(WEB_VENDOR)
 venv: $(INSTALL_STAMP)
 
 # The venv and the third-party packages: redone when the requirements change.
-$(DEPS_STAMP): setup.cfg pyproject.toml
+$(DEPS_STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	rm -rf build
 	$(PIP) install -q ".[test]" playwright
@@ -74,7 +75,7 @@ $(DEPS_STAMP): setup.cfg pyproject.toml
 # txlb itself, reinstalled (not editable) whenever its sources change, so the
 # tests exercise what an installation has.  build/ is removed first so files
 # deleted from the tree do not linger in the wheel.
-$(INSTALL_STAMP): $(DEPS_STAMP) $(SOURCES) setup.cfg pyproject.toml $(WEB_VENDOR)
+$(INSTALL_STAMP): $(DEPS_STAMP) $(SOURCES) setup.cfg setup.py MANIFEST.in pyproject.toml $(WEB_VENDOR)
 	rm -rf build
 	$(PIP) install -q --no-deps --force-reinstall .
 	touch $@
@@ -88,6 +89,11 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/python -m twisted.trial tests
+
+# Built from the files a clone has (so the build fetches Chart.js itself),
+# every time: the sdist, the wheel from the sdist, a new venv with the wheel.
+wheel: venv
+	$(BIN)/python scripts/wheel.py $(WHEEL_DIR)
 
 pytest: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

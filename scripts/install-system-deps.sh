@@ -30,6 +30,9 @@ packages=(
     # aws/bootstrap.sh, systemd-socket-activate (package systemd, below)
     cloud-init
     shellcheck
+    # tests/integration/test_prometheus.py runs its own prometheus (and
+    # promtool) on a free loopback port; the package's service is not used
+    prometheus
 )
 # Only when missing: the machine may carry its own Node.js or systemd.
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
@@ -64,3 +67,9 @@ apt_get=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 "${apt_get[@]}" update -q
 "${apt_get[@]}" install -y -q --no-install-recommends "${missing[@]}"
+
+# Debian's prometheus starts its own service (port 9090, scraping itself):
+# the tests start theirs, so stop and disable the one just installed.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    "${as_root[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

@@ -120,6 +120,47 @@ def test_verify_would_catch_a_mistake(unit_root: Path) -> None:
         assert result.stdout + result.stderr != "", broken
 
 
+def _json_log_drop_in() -> str:
+    """The drop-in txlb.service's comment gives for JSON logs, uncommented."""
+    lines = (SYSTEMD / "txlb.service").read_text().splitlines()
+    start = lines.index("#   [Service]")
+    drop_in = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        drop_in.append(line.removeprefix("#   "))
+    return "\n".join(drop_in) + "\n"
+
+
+def test_json_log_drop_in(unit_root: Path) -> None:
+    """
+    The JSON-log drop-in in txlb.service's comment is a valid drop-in that
+    replaces ExecStart with the same command plus twistd's --logger naming
+    txlb's JSON observer (which exists under that name).
+    """
+    from twisted.python.reflect import namedAny
+
+    from txlb.observe import jsonlog
+
+    drop_in = _json_log_drop_in()
+    directory = unit_root / "etc" / "systemd" / "system" / "txlb.service.d"
+    directory.mkdir()
+    (directory / "json-log.conf").write_text(drop_in)
+    result = verify(unit_root, "txlb.service")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+    exec_start = [
+        v
+        for k, _, v in (ln.partition("=") for ln in drop_in.splitlines())
+        if k == "ExecStart"
+    ]
+    assert exec_start[0] == ""  # clears the unit's own
+    [original] = unit_settings("txlb.service")["ExecStart"]
+    logger = "--logger=txlb.observe.jsonlog.observer"
+    assert exec_start[1] == original.replace(" txlb ", f" {logger} txlb ")
+    assert namedAny(logger.partition("=")[2]) is jsonlog.observer
+
+
 def test_units_security_exposure(unit_root: Path) -> None:
     """systemd-analyze security rates both services at most 2.0 ("OK")."""
     for unit in ("txlb.service", "txlb-backend@9001.service"):

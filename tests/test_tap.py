@@ -8,11 +8,14 @@ import tempfile
 from unittest import mock
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from txlb import tap
 from txlb.http.frontend import HTTPFrontendFactory
 from txlb.http.routing import Router
+from txlb.observe.assets import WebAssets
 from txlb.tap import Options, makeService
 from txlb.tcp.proxy import TCPProxyFactory
 
@@ -125,6 +128,47 @@ class MakeServiceTests(SynchronousTestCase):
         with mock.patch("sys.stderr", stderr), self.assertRaises(SystemExit):
             self.service(log="/nonexistent/dir/access.log")
         self.assertIn("[txlb] access_log: cannot open", stderr.getvalue())
+
+
+class DashboardFilesTests(SynchronousTestCase):
+    def start(self) -> list[dict[str, object]]:
+        """Make the service; return txlb.tap's log events."""
+        events: list[dict[str, object]] = []
+        self.patch(tap, "_log", Logger(namespace="txlb.tap", observer=events.append))
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(INI.format(stats="", log=""))
+        options = Options()
+        options.parseOptions(["--config", path])
+        makeService(options, MemoryReactorClock())
+        return events
+
+    def test_complete_files_no_warning(self) -> None:
+        """With every dashboard file present, start-up warns of nothing."""
+        self.assertEqual(WebAssets.find().missing, ())
+        self.assertEqual(self.start(), [])
+
+    def test_missing_chart_js_warns_once(self) -> None:
+        """
+        Without vendor/chart.umd.js (index.html present), start-up logs one
+        warning naming the file, where it was looked for and how to get it.
+        """
+        found = WebAssets.find()
+        files = {k: v for k, v in found.files.items() if not k.startswith("vendor/")}
+        partial = WebAssets(files, "/somewhere/txlb/web")
+        self.patch(WebAssets, "find", classmethod(lambda cls: partial))
+        events = self.start()
+        self.assertEqual(len(events), 1, events)
+        [event] = events
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(
+            formatEvent(event),
+            "the dashboard is unavailable: vendor/chart.umd.js missing from"
+            " /somewhere/txlb/web; install txlb from a wheel built by"
+            " `python -m build` (it carries Chart.js), or in a txlb checkout"
+            " run `make web-vendor` (npm ci) and reinstall txlb",
+        )
 
 
 class TCPModeServiceTests(SynchronousTestCase):

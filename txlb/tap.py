@@ -35,12 +35,13 @@ from txlb.net import fastio
 from txlb.net.admission import ClientLimit
 from txlb.observe.accesslog import AccessLog
 from txlb.observe.admin import AdminTokenError, read_admin_token
-from txlb.observe.assets import WebAssets, find_web_root
+from txlb.observe.assets import WebAssets
 from txlb.observe.stats import Sampler
 from txlb.observe.webapp import StatsApp
+from txlb.observe.webfiles import HOW_TO_FIX
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "check_config", "makeService"]
 
 _log = Logger(namespace="txlb.tap")
 
@@ -70,18 +71,28 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = load(self["config"])
-            # Parse the endpoint strings now too, so a typo is reported
-            # before anything is bound.
-            from twisted.internet import reactor
-
-            _endpoints(reactor, self.config)
+            self.config = check_config(self["config"])
         except ConfigError as e:
             sys.stderr.write(f"txlb: {e}\n")
             sys.exit(1)
         if self["check"]:
             print(f"txlb: {self['config']}: configuration is valid")
             sys.exit(0)
+
+
+def check_config(path: str) -> Config:
+    """
+    Read and check the configuration file, its endpoint strings included
+    (what C{--check} and C{txlb check} report), before anything is bound.
+
+    @raise ConfigError: one line naming the file, section, key and what is
+        allowed.
+    """
+    config = load(path)
+    from twisted.internet import reactor
+
+    _endpoints(reactor, config)
+    return config
 
 
 def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
@@ -240,11 +251,14 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         except AdminTokenError as e:
             sys.stderr.write(f"txlb: {config.filename}: [txlb] admin_token_file: {e}\n")
             sys.exit(1)
-    try:
-        assets = WebAssets.load(find_web_root())
-    except FileNotFoundError as e:
-        _log.warn("the dashboard is unavailable: {why}", why=str(e))
-        assets = WebAssets.empty()
+    assets = WebAssets.find()
+    if assets.missing:
+        _log.warn(
+            "the dashboard is unavailable: {missing} missing from {root}; {fix}",
+            missing=", ".join(assets.missing),
+            root=assets.root,
+            fix=HOW_TO_FIX,
+        )
     return StatsApp(
         registry,
         reactor,

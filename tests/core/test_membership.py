@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 from tests.support import registry_of
 from txlb.config import Address, BackendConfig, HealthConfig
-from txlb.core.backend import Backend
+from txlb.core.backend import Backend, Transition
 from txlb.core.listeners import IBackendListener
 from txlb.core.queue import ALL_FAILED, NONE_AVAILABLE, Refusal
 from txlb.core.registry import MembershipError, Registry
@@ -30,6 +30,7 @@ class Listener:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.heard: list[tuple[str, str, bool]] = []
+        self.states: list[tuple[str, str, str]] = []
 
     def _in_rotation(self, backend: Backend) -> bool:
         return backend in self.registry.selector.available
@@ -42,6 +43,9 @@ class Listener:
 
     def backend_removed(self, backend: Backend) -> None:
         self.heard.append(("removed", backend.name, self._in_rotation(backend)))
+
+    def backend_state(self, backend: Backend, transition: Transition) -> None:
+        self.states.append((backend.name, transition.state, transition.reason))
 
 
 class MembershipTests(SynchronousTestCase):
@@ -88,6 +92,19 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(
             self.listener.heard[2:],
             [("removed", "b", False), ("changed", "a", True), ("added", "c", False)],
+        )
+
+    def test_state_changes_heard(self) -> None:
+        """Every state change reaches the listeners with its cause."""
+        a = self.registry.get("a")
+        self.registry.set_healthy(a, False, "3/3 probes bad")
+        self.registry.set_draining(a, True, "drained by test")
+        self.assertEqual(
+            self.listener.states,
+            [
+                ("a", "unhealthy", "3/3 probes bad"),
+                ("a", "draining", "drained by test"),
+            ],
         )
 
     def test_removed_drains_then_goes(self) -> None:

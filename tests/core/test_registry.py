@@ -288,6 +288,22 @@ class OutlierTests(SynchronousTestCase):
             clock.advance(30)
         self.assertEqual(durations, ["10s", "20s", "25s"])
 
+    def test_ejected_total_only_grows(self) -> None:
+        """
+        ejections, the repeat count, starts again after a quiet
+        max_ejection_time; ejected_total (what /metrics exports as a
+        counter) keeps counting every ejection.
+        """
+        r, clock = stateful(max_ejection_time=25.0)
+        fail(r, 0, 3)
+        clock.advance(30)
+        fail(r, 0, 3)
+        self.assertEqual((r.backends[0].ejections, r.backends[0].ejected_total), (2, 2))
+        clock.advance(20)  # the second ejection is over
+        clock.advance(26)  # and quiet for over max_ejection_time
+        fail(r, 0, 3)
+        self.assertEqual((r.backends[0].ejections, r.backends[0].ejected_total), (1, 3))
+
     def test_max_ejected_percent(self) -> None:
         """max_ejected_percent keeps backends in rotation; at least one may go."""
         r, _ = stateful(n=4, max_ejected_percent=50)

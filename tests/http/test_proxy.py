@@ -173,6 +173,8 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 200"))
         self.assertEqual(h.active(), [0, 0])
         self.assertEqual([b.failures for b in h.registry.backends], [1, 0])
+        # Counted, for /metrics, on the backend the request left.
+        self.assertEqual([b.retries for b in h.registry.backends], [1, 0])
 
     def test_all_unreachable_502(self) -> None:
         """When every backend refuses, the client gets 502."""
@@ -195,6 +197,8 @@ class FailureTests(SynchronousTestCase):
         h.refuse()
         self.assertEqual(h.pending_connects(), [])
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        # One retry was made (away from the first); the second gave up.
+        self.assertEqual([b.retries for b in h.registry.backends], [1, 0, 0])
 
     def test_no_backend_503(self) -> None:
         """With no healthy backend the answer is 503 with Retry-After, at once."""
@@ -233,6 +237,7 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 200 "))
         self.assertEqual(h.active(), [0, 0])
         self.assertEqual([b.failures for b in h.registry.backends], [1, 0])
+        self.assertEqual([b.retries for b in h.registry.backends], [1, 0])
 
     def test_reset_with_body_not_replayed(self) -> None:
         """A POST whose body was sent is never replayed: 502."""
@@ -245,6 +250,7 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(h.pending_connects(), [])
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertEqual(h.active(), [0, 0])
+        self.assertEqual([b.retries for b in h.registry.backends], [0, 0])
 
     def test_retry_budget(self) -> None:
         """Replays of requests that reached a backend stay within the budget:

@@ -105,8 +105,16 @@ class Balancer:
 @pytest.fixture
 def balancer(processes: Processes, tmp_path: Path) -> Callable[..., Balancer]:
     def start(
-        backends: list[tuple[str, int]], extra: str = "", health: str = ""
+        backends: list[tuple[str, int]],
+        extra: str = "",
+        health: str = "",
+        twistd: str = TWISTD,
+        options: tuple[str, ...] = (),
     ) -> Balancer:
+        """
+        @param twistd: the twistd to run (another installation's).
+        @param options: twistd's own options, before C{txlb}.
+        """
         port = free_port()
         ini = tmp_path / "lb.ini"
         text = f"[txlb]\nlisten = tcp:{port}:interface=127.0.0.1\n"
@@ -121,7 +129,7 @@ def balancer(processes: Processes, tmp_path: Path) -> Callable[..., Balancer]:
         for name, backend_port in backends:
             text += f"[backend:{name}]\naddress = 127.0.0.1:{backend_port}\n"
         ini.write_text(text)
-        argv = [TWISTD, "-n", "--pidfile=", "txlb", "--config", str(ini)]
+        argv = [twistd, "-n", "--pidfile=", *options, "txlb", "--config", str(ini)]
         proc = processes.start("txlb", argv, port)
         return Balancer(proc, port, tmp_path / "txlb.log")
 

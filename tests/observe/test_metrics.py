@@ -111,6 +111,36 @@ class MetricsTests(SynchronousTestCase):
             samples[("txlb_backend_active_connections", (("backend", chosen),))], 0
         )
 
+    def test_retries_and_ejections(self) -> None:
+        """
+        Each backend's retries and ejections are counters read from the
+        registry at scrape time, zero until something happens.
+        """
+        backends = {
+            (n, (("backend", b),))
+            for n in ("txlb_backend_retries_total", "txlb_backend_ejections_total")
+            for b in ("web1", "web2")
+        }
+        self.assertEqual(
+            {k: _samples(self.metrics)[k] for k in backends}, dict.fromkeys(backends, 0)
+        )
+        self.web1.retries += 2
+        for _ in range(5):  # [outlier] consecutive_failures defaults to 5
+            lease = self.registry.acquire(exclude=[self.web2])
+            assert lease is not None
+            lease.release(failed=True, why="refused")
+        self.assertEqual(self.web1.state, "ejected")
+        samples = _samples(self.metrics)
+        self.assertEqual(
+            samples[("txlb_backend_retries_total", (("backend", "web1"),))], 2
+        )
+        self.assertEqual(
+            samples[("txlb_backend_ejections_total", (("backend", "web1"),))], 1
+        )
+        self.assertEqual(
+            samples[("txlb_backend_ejections_total", (("backend", "web2"),))], 0
+        )
+
     def test_naming_conventions(self) -> None:
         """
         Every name has the txlb_ prefix, counters end in _total, durations are

@@ -480,14 +480,61 @@ class DashboardTests(_Case):
             response, _ = self.request("GET", "/dashboard/" + missing)
             self.assertEqual(response.code, 404, missing)
 
-    def test_missing_dashboard(self) -> None:
-        """Without its files the dashboard is a clear 404, the API still works."""
-        app = StatsApp(self.registry, self.clock)
+    def unavailable(self, assets: WebAssets) -> tuple[int, str, StubTreq]:
+        app = StatsApp(self.registry, self.clock, assets=assets)
         client = StubTreq(app.resource())
         response = self.successResultOf(client.get(BASE + "/dashboard/"))
-        self.assertEqual(response.code, 404)
+        body = self.successResultOf(response.text("utf-8"))
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/html; charset=utf-8"],
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-security-policy"),
+            [CSP.encode()],
+        )
+        return response.code, body, client
+
+    def test_missing_dashboard(self) -> None:
+        """
+        Without its files /dashboard/ is a page (503) saying which are
+        missing and how to get them; the API still works.
+        """
+        code, body, client = self.unavailable(WebAssets({}, "/opt/txlb/web"))
+        self.assertEqual(code, 503)
+        self.assertIn("dashboard is unavailable", body)
+        self.assertIn("<code>/opt/txlb/web</code>", body)
+        for name in ("index.html", "app.js", "style.css", "vendor/chart.umd.js"):
+            self.assertIn(f"<code>{name}</code>", body)
+        self.assertIn("make web-vendor", body)
+        self.assertNotIn("<script", body)
         response = self.successResultOf(client.get(BASE + "/api/server-stats"))
         self.assertEqual(response.code, 200)
+
+    def test_missing_chart_js(self) -> None:
+        """
+        With index.html but no vendor/chart.umd.js (a checkout installed
+        without npm), /dashboard/ says so instead of serving a page whose
+        script would fail in the browser.
+        """
+        files = {
+            k: v for k, v in self.assets.files.items() if k != "vendor/chart.umd.js"
+        }
+        code, body, client = self.unavailable(WebAssets(files, "/x/web"))
+        self.assertEqual(code, 503)
+        self.assertIn(
+            "Missing from <code>/x/web</code>: <code>vendor/chart.umd.js</code>.", body
+        )
+        self.assertNotIn("<code>app.js</code>", body)
+        response = self.successResultOf(client.get(BASE + "/dashboard/app.js"))
+        self.assertEqual(response.code, 200)
+
+    def test_found_assets(self) -> None:
+        """WebAssets.find reads the complete files and says where from."""
+        found = WebAssets.find()
+        self.assertEqual(found.missing, ())
+        self.assertEqual(Path(found.root), find_web_root())
+        self.assertEqual(found.files.keys(), self.assets.files.keys())
 
 
 class SafeByConstructionTests(SynchronousTestCase):

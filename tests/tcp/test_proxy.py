@@ -211,6 +211,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(h.failures(), [1, 0])
         self.assertEqual(h.active(), [0, 1])
         self.assertEqual(h.observed, [("b0", 502)])
+        self.assertEqual([b.retries for b in h.registry.backends], [1, 0])
         self.assertEqual(client.transport.producerState, "paused")
         pump = completer.succeedOnce()
         assert pump is not None
@@ -252,6 +253,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(h.active(), [0, 0, 0])
         self.assertEqual(h.failures(), [1, 1, 0])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+        self.assertEqual([b.retries for b in h.registry.backends], [1, 0, 0])
 
     def test_never_retries_a_tried_backend(self) -> None:
         """Failover skips backends already tried for this client, even when

@@ -48,6 +48,8 @@ class Backend:
     @ivar peers: requests in flight on it from the other balancers of a
         fleet (L{txlb.fleet}).
     @ivar order: its place in the registry, for exact ties.
+    @ivar slot: its place in the counts shared by worker processes
+        (L{txlb.workers.shm}), or -1.
     @ivar leaving: its source dropped it: draining, then removed.
 
     The last four attributes are for the rooms that keep something per
@@ -72,10 +74,17 @@ class Backend:
     failures: int = 0
     vtime: float = 0.0
     order: int = 0
+    slot: int = -1
     draining: bool = False
     leaving: bool = False
     ejected: bool = False
+    # The repeat count that lengthens an ejection (reset after a quiet
+    # max_ejection_time); ejected_total only grows, for /metrics.
     ejections: int = 0
+    ejected_total: int = 0
+    # Requests (TCP mode: connections) that failed here and were retried
+    # on another backend.
+    retries: int = 0
     consecutive_failures: int = 0
     last_unejected: float = 0.0
     ramp_start: float = 0.0

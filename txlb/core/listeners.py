@@ -1,6 +1,6 @@
 """
 What the registry tells the rest of txlb: a backend was added, changed or
-removed.
+removed, and each change of a backend's state.
 
 Every part that keeps something per backend (the HTTP pools, the health
 checker, the stats, the metrics) subscribes with L{Registry.subscribe} and
@@ -14,7 +14,7 @@ from __future__ import annotations
 from zope.interface import Interface, implementer
 
 from txlb.config import BackendConfig
-from txlb.core.backend import Backend
+from txlb.core.backend import Backend, Transition
 
 __all__ = ["BackendListener", "IBackendListener"]
 
@@ -38,6 +38,12 @@ class IBackendListener(Interface):
         out); drop what was kept for it.
         """
 
+    def backend_state(backend: Backend, transition: Transition) -> None:
+        """
+        C{backend}'s state changed (health, ejection, drain, weight, slow
+        start...), for the reason C{transition} records.
+        """
+
 
 @implementer(IBackendListener)
 class BackendListener:
@@ -50,4 +56,7 @@ class BackendListener:
         pass
 
     def backend_removed(self, backend: Backend) -> None:
+        pass
+
+    def backend_state(self, backend: Backend, transition: Transition) -> None:
         pass

@@ -57,6 +57,7 @@ class Ejector:
         if now - backend.last_unejected > config.max_ejection_time:
             backend.ejections = 0
         backend.ejections += 1
+        backend.ejected_total += 1
         backend.consecutive_failures = 0
         duration = min(
             config.base_ejection_time * backend.ejections, config.max_ejection_time

@@ -33,11 +33,11 @@ from txlb.core.outlier import Ejector
 from txlb.core.policies import Policy
 from txlb.core.queue import BackendQueue
 from txlb.core.selector import Selector
+from txlb.core.sharing import IOutcomes
 from txlb.core.slowstart import Ramps
+from txlb.core.states import MAX_WEIGHT, BackendStates
 
 __all__ = ["MAX_WEIGHT", "Lease", "MembershipError", "Registry"]
-
-MAX_WEIGHT = 1000.0
 
 
 class MembershipError(ValueError):
@@ -51,12 +51,16 @@ class Lease:
     @ivar backend: the backend chosen.
     """
 
-    __slots__ = ("_registry", "_released", "_sharing", "backend")
+    __slots__ = ("_permit", "_registry", "_released", "_sharing", "backend")
 
     def __init__(self, backend: Backend, registry: Registry) -> None:
         self.backend = backend
         self._registry = registry
         self._released = False
+        # Holds one of the backend's shared permits (txlb.core.sharing).
+        self._permit = registry.selector.shared is not None and bool(
+            backend.max_connections
+        )
         # Requests in flight on the backend when this one was sent, itself
         # included: what its latency is shared with (see LeastTime.observe).
         self._sharing = backend.active + backend.others
@@ -89,7 +93,12 @@ class Lease:
         if failed:
             registry._failed(backend, why)
         elif backend.consecutive_failures:
-            backend.consecutive_failures = 0
+            registry._recovered(backend)
+        shared = selector.shared
+        if shared is not None:
+            shared.counted(backend)
+            if self._permit:
+                shared.give_back(backend)
         if backend.leaving and not backend.active:
             registry._forget(backend)
         if registry.queue.waiters:
@@ -103,7 +112,7 @@ class Lease:
         return self._released
 
 
-class Registry:
+class Registry(BackendStates):
     """
     The backends, their health and their active counts.
 
@@ -129,6 +138,10 @@ class Registry:
         self._ramps = Ramps()
         self._listeners: list[IBackendListener] = []
         self._next_order = 0
+        # Set when another process decides ejections (txlb.core.sharing).
+        self.outcomes: IOutcomes | None = None
+        # A replica (a worker process) logs nothing: its supervisor does.
+        self.quiet = False
         self.queue = BackendQueue(
             self, clock, balancing.queue_size, balancing.queue_timeout
         )
@@ -275,8 +288,21 @@ class Registry:
             self._changed(backend, f"{cause}: draining")
         else:
             self.set_draining(backend, True, f"{cause}: draining")
-        if not backend.active:
+        if not backend.active and not backend.siblings:
             self._forget(backend)
+
+    def sweep(self) -> None:
+        """
+        Forget the backends leaving with nothing left in flight anywhere
+        (the supervisor of worker processes, whose leases are theirs).
+        """
+        for backend in list(self.backends):
+            if backend.leaving and not backend.active and not backend.siblings:
+                self._forget(backend)
+
+    def forget(self, backend: Backend) -> None:
+        """Drop C{backend} now (its supervisor says it is gone everywhere)."""
+        self._forget(backend)
 
     def apply(self, source: str, specs: Iterable[BackendConfig], cause: str) -> None:
         """
@@ -334,122 +360,5 @@ class Registry:
         self.selector.rotate(self.backends)
         for listener in self._listeners:
             listener.backend_removed(backend)
-        self.log.info("backend {backend} removed", backend=backend.name)
-
-    # --- state ------------------------------------------------------------------
-
-    def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
-        """
-        Record the active checks' verdict: take a backend out of rotation
-        or bring it back (slowly, if C{slow_start} is set), recording why.
-        """
-        if backend.healthy == healthy and backend.probed:
-            return
-        recovering = healthy and backend.probed
-        backend.healthy = healthy
-        backend.probed = True
-        if recovering:
-            self._start_ramp(backend)
-        else:
-            self._stop_ramp(backend)
-        self._changed(backend, reason)
-
-    def set_draining(self, backend: Backend, draining: bool, reason: str) -> None:
-        """
-        Drain a backend (no new requests; those in flight finish) or put it
-        back in rotation, recording why.  A backend leaving stays drained.
-        """
-        if backend.draining == draining or (backend.leaving and not draining):
-            return
-        backend.draining = draining
-        self._changed(backend, reason)
-
-    def set_weight(self, backend: Backend, weight: float, reason: str) -> None:
-        """
-        Change a backend's weight, recording why.
-
-        @raise ValueError: unless 0 < C{weight} <= L{MAX_WEIGHT}.
-        """
-        if not 0 < weight <= MAX_WEIGHT:
-            raise ValueError(f"weight must be above 0 and at most {MAX_WEIGHT:g}")
-        if backend.configured_weight == weight:
-            return
-        old, backend.configured_weight = backend.configured_weight, weight
-        if backend not in self._ramps.ramping:
-            backend.weight = weight
-            self._touch(backend)
-        self._changed(backend, f"weight {old:g} -> {weight:g}: {reason}")
-
-    def set_max_connections(self, backend: Backend, limit: int, reason: str) -> None:
-        """
-        Change a backend's C{max_connections} (0: unlimited), recording why.
-        Leases already out stay; raising it lets waiters in.
-
-        @raise ValueError: if C{limit} is negative.
-        """
-        if limit < 0:
-            raise ValueError("max_connections must be 0 or more")
-        old = backend.max_connections
-        if old == limit:
-            return
-        backend.max_connections = limit
-        if self._by_name.get(backend.name) is backend:
-            self.selector.limited += (limit > 0) - (old > 0)
-        self._touch(backend)
-        self._changed(
-            backend,
-            f"max_connections {old or 'unlimited'} -> {limit or 'unlimited'}: {reason}",
-        )
-
-    # --- passive checks and slow start --------------------------------------------
-
-    def _failed(self, backend: Backend, why: str) -> None:
-        now = self._clock.seconds()
-        ejected = sum(1 for b in self.backends if b.ejected)
-        ejection = self._ejector.failed(backend, why, ejected, len(self.backends), now)
-        if ejection is None:
-            return
-        duration, cause = ejection
-        backend.ejected = True
-        self._stop_ramp(backend)
-        self._clock.callLater(duration, self._uneject, backend)
-        self._changed(backend, cause)
-
-    def _uneject(self, backend: Backend) -> None:
-        backend.ejected = False
-        backend.last_unejected = self._clock.seconds()
-        if backend.healthy:
-            self._start_ramp(backend)
-        self._changed(backend, "ejection time over")
-
-    def _start_ramp(self, backend: Backend) -> None:
-        if self._ramps.start(backend, self._clock.seconds()):
-            self._touch(backend)
-
-    def _stop_ramp(self, backend: Backend) -> None:
-        self._ramps.stop(backend)
-        self._touch(backend)
-
-    def _advance_ramps(self) -> None:
-        changed, finished = self._ramps.advance(self._clock.seconds())
-        for backend in changed:
-            self._touch(backend)
-        for backend in finished:
-            self._changed(backend, f"slow start over after {backend.slow_start:g}s")
-
-    # --- rotation -------------------------------------------------------------------
-
-    def _changed(self, backend: Backend, reason: str) -> None:
-        backend.record(self._clock.seconds(), reason)
-        self.selector.rotate(self.backends)
-        self.queue.serve_soon()
-        self.log.info(
-            "backend {backend} is {state}: {reason}",
-            backend=backend.name,
-            state=backend.state,
-            reason=reason,
-        )
-
-    def _touch(self, backend: Backend) -> None:
-        """C{backend}'s cost or room changed: re-place it in the index."""
-        self.selector.touch(backend)
+        if not self.quiet:
+            self.log.info("backend {backend} removed", backend=backend.name)

@@ -22,6 +22,7 @@ from txlb.core.backend import Backend
 from txlb.core.decisions import DecisionLog
 from txlb.core.index import LoadIndex
 from txlb.core.policies import Policy, policy_for
+from txlb.core.sharing import ISharedCounts
 
 __all__ = ["INDEX_ABOVE", "Selector"]
 
@@ -60,6 +61,8 @@ class Selector:
         self.picks = 0
         self.limited = 0
         self.decisions = DecisionLog(self.policy)
+        # Counts shared with other processes (txlb.core.sharing), if any.
+        self.shared: ISharedCounts | None = None
 
     def pick(self, exclude: Container[Backend] = ()) -> Backend | None:
         """
@@ -83,6 +86,25 @@ class Selector:
         index = policy.pick(candidates)
         return self._chosen(candidates[index], candidates, index, exclude)
 
+    def share(self, shared: ISharedCounts) -> None:
+        """Judge every pick on the counts of all processes from now on."""
+        self.shared = shared
+        self._pick_here = self.pick
+        self.pick = self._pick_shared  # type: ignore[method-assign]
+
+    def _pick_shared(self, exclude: Container[Backend] = ()) -> Backend | None:
+        """
+        L{pick} on the counts of every process: the candidates' C{siblings}
+        read just before; a backend with C{max_connections} is taken only
+        with one of its shared permits, and a full one is passed over.
+        """
+        self.shared.refresh(self.available)  # type: ignore[union-attr]
+        for _ in range(len(self.available) + 1):
+            backend = self._pick_here(exclude)
+            if backend is not _DENIED:
+                return backend
+        return None
+
     def _pick_indexed(self, exclude: Container[Backend]) -> Backend | None:
         backend = self.index.best(exclude)  # type: ignore[union-attr]
         if backend is None:
@@ -101,6 +123,13 @@ class Selector:
         index: int,
         exclude: Container[Backend],
     ) -> Backend:
+        shared = self.shared
+        if shared is not None and backend.max_connections and not shared.admit(backend):
+            # Full elsewhere (its siblings hold every permit): pick again.
+            backend.siblings = backend.max_connections - backend.active
+            backend.others = backend.siblings + backend.peers
+            self.touch(backend)
+            return _DENIED
         self.picks += 1
         decisions = self.decisions
         now = self._clock.seconds()
@@ -114,6 +143,8 @@ class Selector:
         backend.total_requests += 1
         if self.indexed:
             self.index.touch(backend)  # type: ignore[union-attr]
+        if shared is not None:
+            shared.counted(backend)
         return backend
 
     def full(self, exclude: Container[Backend] = ()) -> bool:
@@ -157,6 +188,10 @@ class Selector:
         """C{backend}'s cost or room changed: re-place it in the index."""
         if self.indexed:
             self.index.touch(backend)  # type: ignore[union-attr]
+
+
+_DENIED: Backend = object()  # type: ignore[assignment]
+"""A pick whose backend had no permit left (see L{Selector.share})."""
 
 
 def _has_room(backend: Backend) -> bool:

@@ -256,6 +256,7 @@ class Exchange:
         if budgeted:
             self.retried = True
             proxy.retrying += 1
+        lease.backend.retries += 1
         self._pick()
 
     # --- the backend's response (UpstreamSink) -----------------------------------

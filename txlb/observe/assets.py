@@ -10,6 +10,8 @@ from pathlib import Path
 
 import attrs
 
+from txlb.observe.webfiles import missing
+
 __all__ = ["WebAssets", "find_web_root"]
 
 _CONTENT_TYPES = {
@@ -49,9 +51,30 @@ class _Asset:
 
 @attrs.frozen
 class WebAssets:
-    """The dashboard's files, read once at start-up and served from memory."""
+    """
+    The dashboard's files, read once at start-up and served from memory.
+
+    @ivar root: where they were read from (or looked for).
+    """
 
     files: dict[str, _Asset]
+    root: str = ""
+
+    @classmethod
+    def find(cls) -> WebAssets:
+        """
+        The files where L{find_web_root} finds them, or none, looked for in
+        the installed package, if it finds no index.html.
+        """
+        try:
+            return cls.load(find_web_root())
+        except FileNotFoundError:
+            return cls({}, str(Path(__file__).resolve().parent.parent / "web"))
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The files the dashboard cannot work without that are not here."""
+        return missing(self.files)
 
     @classmethod
     def load(cls, root: Path) -> WebAssets:
@@ -68,7 +91,7 @@ class WebAssets:
             body = path.read_bytes()
             etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:20].encode("ascii")
             files[relative] = _Asset(body, _CONTENT_TYPES[path.suffix], etag)
-        return cls(files)
+        return cls(files, str(root))
 
     @classmethod
     def empty(cls) -> WebAssets:

@@ -5,8 +5,9 @@ Per-request metrics (a counter by backend and status class, a latency
 histogram by backend) are updated by L{Metrics.observe}, whose label
 children are made once at start so a request costs two increments.  The
 registry's own numbers (active connections, health state, weight, picks,
-failures, max_connections, the queue) are read when Prometheus scrapes, by
-a custom collector, so they are never stale and cost nothing in between.
+failures, retries, ejections, max_connections, the queue) are read when
+Prometheus scrapes, by a custom collector, so they are never stale and cost
+nothing in between.
 
 Each L{Metrics} has its own C{CollectorRegistry}: nothing goes in
 C{prometheus_client}'s global one, so tests and several instances never
@@ -101,6 +102,17 @@ class _RegistryCollector(Collector):
             "Requests the backend failed (unreachable, 5xx, reset, timeout).",
             labels=["backend"],
         )
+        retries = CounterMetricFamily(
+            "txlb_backend_retries",
+            "Requests (TCP mode: connections) that failed on the backend before"
+            " any answer and were retried on another backend.",
+            labels=["backend"],
+        )
+        ejections = CounterMetricFamily(
+            "txlb_backend_ejections",
+            "Times the passive checks ejected the backend.",
+            labels=["backend"],
+        )
         limit = GaugeMetricFamily(
             "txlb_backend_max_connections",
             "Requests or connections the backend takes at once (0: unlimited).",
@@ -116,8 +128,11 @@ class _RegistryCollector(Collector):
             weight.add_metric(name, b.weight)
             picks.add_metric(name, b.total_requests)
             failures.add_metric(name, b.failures)
+            retries.add_metric(name, b.retries)
+            ejections.add_metric(name, b.ejected_total)
             limit.add_metric(name, b.max_connections)
-        yield from (active, up, state, weight, picks, failures, limit)
+        yield from (active, up, state, weight, picks, failures, retries)
+        yield from (ejections, limit)
 
         queue = self._registry.queue
         yield GaugeMetricFamily(

@@ -43,6 +43,7 @@ from txlb.observe.events import EventStream, Subscriber
 from txlb.observe.jsonout import int_arg, json_answer
 from txlb.observe.metrics import Metrics
 from txlb.observe.stats import HISTORY_POINTS, Stats
+from txlb.observe.webfiles import unavailable_page
 
 __all__ = ["CSP", "StatsApp"]
 
@@ -204,7 +205,16 @@ class StatsApp:
     @app.route("/dashboard/", methods=["GET", "HEAD"])
     @app.route("/dashboard/<path:asset>", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest, asset: str = "index.html") -> bytes:
-        """A dashboard file, from memory."""
+        """
+        A dashboard file, from memory; instead of index.html, a page naming
+        the files missing, if any.
+        """
+        absent = self.assets.missing
+        if asset == "index.html" and absent:
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return unavailable_page(absent, self.assets.root)
         found = self.assets.files.get(asset)
         if found is None:
             missing = "index.html" if asset == "index.html" else asset

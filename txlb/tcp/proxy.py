@@ -212,6 +212,7 @@ class _Client(Side):
         )
         self._release(failed=True)
         if len(self.tried) <= self.proxy.retries:
+            lease.backend.retries += 1
             self._pick()
         else:
             self.log.warn(
