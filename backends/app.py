@@ -98,6 +98,8 @@ class DemoBackend:
     errors: int = attrs.field(default=0, init=False)
     abandoned: int = attrs.field(default=0, init=False)
     in_service: int = attrs.field(default=0, init=False)
+    # The most requests ever in service or queued here at once.
+    peak_in_flight: int = attrs.field(default=0, init=False)
     queued: int = attrs.field(default=0, init=False)
     _semaphore: DeferredSemaphore | None = attrs.field(init=False)
 
@@ -120,6 +122,7 @@ class DemoBackend:
             "name": self.name,
             "requests": self.requests,
             "in_service": self.in_service,
+            "peak_in_flight": self.peak_in_flight,
             "queued": self.queued,
             "healthy": self.healthy,
             "completed": self.completed,
@@ -304,7 +307,11 @@ class _Visit:
     def begin(self) -> Deferred[bytes]:
         """Join the queue; the result fires with the body when served."""
         self._phase = "queued"
-        self._backend.queued += 1
+        backend = self._backend
+        backend.queued += 1
+        backend.peak_in_flight = max(
+            backend.peak_in_flight, backend.queued + backend.in_service
+        )
         self._waiting = self._backend._acquire()
         self._waiting.addCallbacks(self._serve, _ignore_cancel)
         return self._done

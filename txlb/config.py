@@ -177,6 +177,12 @@ class Config:
         "", schema.text, "empty or a Twisted endpoint such as tcp:9000"
     )
     shutdown_timeout: float = key(30.0, schema.parse_duration, DURATION)
+    workers: int = key(
+        1,
+        schema.processes,
+        "1 (one process), a number of worker processes up to 256, or auto"
+        " (one per CPU)",
+    )
     client: ClientConfig = ClientConfig()
     proxy: ProxyConfig = ProxyConfig()
     balancing: BalancingConfig = BalancingConfig()

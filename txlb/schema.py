@@ -10,6 +10,7 @@ a key exists exactly where it is declared.  Pure.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -129,6 +130,17 @@ def positive_size(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def processes(text: str) -> int:
+    """A number of processes, 1 to 256, or C{auto}: one per CPU."""
+    value = text.strip()
+    if value == "auto":
+        return max(1, min(256, os.cpu_count() or 1))
+    count = int(value)
+    if not 1 <= count <= 256:
+        raise ValueError(text)
+    return count
 
 
 def bounded(low: float, high: float) -> Callable[[str], float]:

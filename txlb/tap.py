@@ -5,7 +5,6 @@ global reactor and wires the single registry into every part.
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Collection
 from typing import Any, ClassVar, Protocol
@@ -28,6 +27,7 @@ from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
 from txlb.http.routing import front_end
+from txlb.lifecycle.gctune import tune_gc
 from txlb.lifecycle.reload import Reloader
 from txlb.lifecycle.shutdown import Drainable, Lifecycle
 from txlb.lifecycle.signals import ReloadOnSignal
@@ -40,6 +40,7 @@ from txlb.observe.stats import Sampler
 from txlb.observe.webapp import StatsApp
 from txlb.observe.webfiles import HOW_TO_FIX
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
+from txlb.workers.setup import supervise
 
 __all__ = ["Options", "check_config", "makeService"]
 
@@ -161,24 +162,56 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # Stops the listeners first and drains the connections (SIGTERM).
     top = Lifecycle(reactor, config.shutdown_timeout)
     registry = Registry.from_config(config, reactor)
-
-    access_log = None
-    observe = config.observe
-    if observe.access_log:
-        try:
-            access_log = AccessLog.open(
-                observe.access_log, observe.access_log_format, reactor, reactor
-            )
-        except OSError as e:
-            sys.stderr.write(
-                f"txlb: {config.filename}: [txlb] access_log: cannot open"
-                f" {observe.access_log!r}: {e.strerror}\n"
-            )
-            sys.exit(1)
-        access_log.setServiceParent(top)
-
+    access_log = _access_log(config, reactor)
     app = _stats_app(config, registry, reactor)
     Sampler(app.stats, reactor).setServiceParent(top)
+    reloader = Reloader(config, registry)
+    if config.workers > 1:
+        if access_log is not None:
+            access_log.close()  # checked; every worker writes its own lines
+        supervise(reactor, config, options["config"], registry, app, reloader, top)
+    else:
+        if access_log is not None:
+            access_log.setServiceParent(top)
+        _serve(reactor, config, registry, app, access_log, top)
+    HealthChecker.from_config(
+        config,
+        registry,
+        HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
+        TCPProbe(reactor),
+        reactor,
+    ).setServiceParent(top)
+    # SIGHUP re-reads the same file.
+    ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
+    return top
+
+
+def _access_log(config: Config, reactor: Any) -> AccessLog | None:
+    """The access log, opened now so that a bad path stops start-up."""
+    observe = config.observe
+    if not observe.access_log:
+        return None
+    try:
+        return AccessLog.open(
+            observe.access_log, observe.access_log_format, reactor, reactor
+        )
+    except OSError as e:
+        sys.stderr.write(
+            f"txlb: {config.filename}: [txlb] access_log: cannot open"
+            f" {observe.access_log!r}: {e.strerror}\n"
+        )
+        sys.exit(1)
+
+
+def _serve(
+    reactor: Any,
+    config: Config,
+    registry: Registry,
+    app: StatsApp,
+    access_log: AccessLog | None,
+    top: Lifecycle,
+) -> None:
+    """One process serves the clients (C{workers = 1}): the proxy and its ports."""
     stats = app.resource()
     listen, stats_endpoint = _endpoints(reactor, config)
     front: Factory
@@ -208,35 +241,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
         _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
-
-    HealthChecker.from_config(
-        config,
-        registry,
-        HTTPProbe(HTTPClient(Agent(reactor, pool=_probe_pool(reactor)))),
-        TCPProbe(reactor),
-        reactor,
-    ).setServiceParent(top)
-    # SIGHUP re-reads the same file.
-    reloader = Reloader(config, registry)
-    ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
-    return top
-
-
-def tune_gc() -> None:
-    """
-    Make the garbage collector cheap for a proxy (once started).
-
-    Each request allocates a few dozen short-lived objects, so the default
-    collector runs a young-generation pass every few requests and, now and
-    then, a full pass over every object the process holds (Twisted, Klein,
-    the config, the registry).  Freezing what start-up built takes it out
-    of those passes for good, and a larger young generation makes them
-    rarer; reference counting frees the rest at once.  With wrk -c64
-    through three nginx backends: about a quarter less CPU per request.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:

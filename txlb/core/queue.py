@@ -9,7 +9,7 @@ a lease at once, a place in the queue, or a refusal that says why.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any, Protocol
 
 import attrs
@@ -89,8 +89,11 @@ class Waiter:
         return self in self._queue.waiters
 
     def _leave(self) -> bool:
-        if self._queue.waiters.pop(self, False) is False:
+        queue = self._queue
+        if queue.waiters.pop(self, False) is False:
             return False
+        if queue.published is not None:
+            queue.published(len(queue.waiters))
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -128,6 +131,10 @@ class BackendQueue:
         self.total = 0
         self.timeouts = 0
         self.full_rejections = 0
+        # With worker processes: how many wait in the others' queues, and
+        # where this queue's length is published (txlb.workers).
+        self.elsewhere: Callable[[], int] | None = None
+        self.published: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -163,7 +170,10 @@ class BackendQueue:
         return None
 
     def _wait(self, exclude: Container[Backend], client: LeaseClient) -> Waiter | None:
-        if len(self.waiters) >= self.size:
+        waiting = len(self.waiters)
+        if self.elsewhere is not None:
+            waiting += self.elsewhere()
+        if waiting >= self.size:
             self.full_rejections += 1
             client.refused(QUEUE_FULL)
             return None
@@ -171,6 +181,8 @@ class BackendQueue:
         self.waiters[waiter] = None
         self.total += 1
         waiter._timer = self._clock.callLater(self.timeout, waiter._expired)
+        if self.published is not None:
+            self.published(len(self.waiters))
         return waiter
 
     def serve(self) -> None:

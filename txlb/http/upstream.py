@@ -18,9 +18,15 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 
 import httptools
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txlb.config import Address
 from txlb.net import fastio
@@ -74,6 +80,7 @@ class UpstreamSink(TypingProtocol):
         """
 
 
+@implementer(IPushProducer)
 class BackendConnection(Protocol):
     """
     One keep-alive connection to a backend.

@@ -56,6 +56,8 @@ class Reloader:
 
     _config: Config
     _registry: Registry
+    # Told of each configuration applied (the workers' supervisor).
+    after: list[Callable[[Config], None]] = attrs.field(factory=list)
     log = Logger()
 
     @property
@@ -103,6 +105,8 @@ class Reloader:
         after = {b.name for b in new.backends}
         registry.apply("static", new.backends, "reload")
         self._config = attrs.evolve(old, backends=new.backends, balancing=balancing)
+        for hook in self.after:
+            hook(self._config)
         self.log.info(
             "reload: {count} backends configured ({added} added, {removed} removed)",
             count=len(new.backends),

@@ -61,16 +61,23 @@ class ConnectAttempt(ClientFactory):
         address: Address,
         timeout: float,
     ) -> None:
-        """Begin connecting; fail with a timeout after C{timeout} seconds."""
+        """
+        Begin connecting; fail with a timeout after C{timeout} seconds.
+
+        @param address: a TCP address, or with port 0 a UNIX socket's path.
+        """
         self._address = str(address)
         self._timer = clock.callLater(timeout, self._timed_out, timeout)
+        # A backstop: the attempt's own timer (on the injected clock)
+        # normally ends it first.
+        if address.port == 0:
+            # A UNIX socket's path (a worker's way to its supervisor).
+            self._connector = reactor.connectUNIX(  # type: ignore[attr-defined]
+                address.host, self, timeout=timeout + 1
+            )
+            return
         self._connector = reactor.connectTCP(
-            address.host,
-            address.port,
-            self,
-            # A backstop: the attempt's own timer (on the injected clock)
-            # normally ends it first.
-            timeout=timeout + 1,
+            address.host, address.port, self, timeout=timeout + 1
         )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:

@@ -144,6 +144,11 @@ class AccessLog(Service):
         self._stream.write("\n".join(lines) + "\n")
         self._stream.flush()
 
+    def close(self) -> None:
+        """Close the file unused (it was opened only to check it can be)."""
+        if self._stream is not sys.stdout:
+            self._stream.close()
+
     def startService(self) -> None:
         super().startService()
         self._pool.start()

@@ -112,10 +112,20 @@ class JSONLinesObserver:
         self._out.flush()
 
 
+_in_use = False
+
+
 def observer() -> ILogObserver:
     """
     The factory twistd's C{--logger} option names: JSON lines on standard
     output (use it with C{-n}, as under systemd; a daemonised twistd has no
     standard output).
     """
+    global _in_use
+    _in_use = True
     return JSONLinesObserver(sys.stdout)
+
+
+def in_use() -> bool:
+    """Whether this process logs JSON lines (its worker processes then do too)."""
+    return _in_use

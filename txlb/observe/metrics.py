@@ -16,7 +16,7 @@ collide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -65,8 +65,12 @@ class _RegistryCollector(Collector):
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        # Brings counts kept elsewhere up to date before a scrape.
+        self.refresh: Callable[[], None] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        if self.refresh is not None:
+            self.refresh()
         backends = self._registry.backends
         info = GaugeMetricFamily(
             "txlb_build_info", "txlb's version (always 1).", labels=["version"]
@@ -120,7 +124,7 @@ class _RegistryCollector(Collector):
         )
         for b in backends:
             name = [b.name]
-            active.add_metric(name, b.active)
+            active.add_metric(name, b.active + b.siblings)
             up.add_metric(name, 1 if b.healthy else 0)
             current = b.state
             for s in STATES:
@@ -188,7 +192,8 @@ class Metrics(BackendListener):
         )
         self._requests = requests
         self._duration = duration
-        self.prometheus.register(_RegistryCollector(registry))
+        self.collector = _RegistryCollector(registry)
+        self.prometheus.register(self.collector)
         registry.subscribe(self)
 
     def backend_added(self, backend: Backend) -> None:

@@ -166,6 +166,10 @@ class Stats(BackendListener):
         self._total = Series()
         # The front end's own counters (open, refused, rejected), when wired.
         self.clients: Callable[[], dict[str, int]] | None = None
+        # Each worker process's figures (workers = N), when wired.
+        self.workers: Callable[[], list[dict[str, Any]]] | None = None
+        # Brings counts kept elsewhere up to date before a snapshot.
+        self.refresh: Callable[[], None] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
@@ -191,6 +195,8 @@ class Stats(BackendListener):
         Everything C{/api/server-stats} shows: the registry's counters and
         health with the rolling rates and percentiles.
         """
+        if self.refresh is not None:
+            self.refresh()
         now = self._clock.seconds()
         registry = self._registry
         total_count, total_errors, total_span = self._total.window(now, self._started)
@@ -200,6 +206,7 @@ class Stats(BackendListener):
             "time": now,
             "algorithm": registry.algorithm,
             "clients": clients() if clients is not None else {},
+            **({"workers": self.workers()} if self.workers is not None else {}),
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
@@ -245,7 +252,7 @@ class Stats(BackendListener):
         count, errors, span = self._total.window(now, since)
         latency = _latency_ms(self._total.latencies(now))
         sums = (
-            sum(b.active for b in backends),
+            sum(b.active + b.siblings for b in backends),
             round(count / span, 3),
             latency["p50"],
             latency["p95"],
@@ -253,7 +260,7 @@ class Stats(BackendListener):
             round(errors / count, 4) if count else 0.0,
         )
         self._history.append(
-            (now, sums, tuple((b.active, rps(b.series)) for b in backends))
+            (now, sums, tuple((b.active + b.siblings, rps(b.series)) for b in backends))
         )
 
     def history(self, seconds: float | None = None) -> dict[str, Any]:

@@ -14,7 +14,10 @@ __all__ = ["describe", "snapshot", "totals"]
 
 
 def describe(b: Backend) -> dict[str, Any]:
-    """One backend's configuration, state and counters."""
+    """
+    One backend's configuration, state and counters (its requests in flight
+    are this balancer's: every worker process's, C{siblings} included).
+    """
     return {
         "name": b.name,
         "address": str(b.address),
@@ -22,7 +25,7 @@ def describe(b: Backend) -> dict[str, Any]:
         "healthy": b.healthy,
         "state": b.state,
         "draining": b.draining,
-        "active_connections": b.active,
+        "active_connections": b.active + b.siblings,
         "total_requests": b.total_requests,
         "failures": b.failures,
         "weight": b.weight,
@@ -45,7 +48,7 @@ def totals(registry: Registry) -> dict[str, Any]:
         "backends": len(backends),
         "healthy": sum(1 for b in backends if b.healthy),
         "available": registry.available,
-        "active_connections": sum(b.active for b in backends),
+        "active_connections": sum(b.active + b.siblings for b in backends),
         "total_requests": sum(b.total_requests for b in backends),
         "failures": sum(b.failures for b in backends),
         "panic": registry.panic,

@@ -21,6 +21,7 @@ script, and the API answers C{Cache-Control: no-store}):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -96,6 +97,8 @@ class StatsApp:
     # that shows the source would print the token.
     admin_token: bytes | None = attrs.field(default=None, repr=False)
     events_rate: float = 2.0
+    # Where the decisions are when worker processes make them (workers = N).
+    decisions_source: Callable[[int], Deferred[list[dict[str, Any]]]] | None = None
     _events: EventStream = attrs.field(init=False)
     _admin: Admin = attrs.field(init=False)
     app = Klein()
@@ -136,20 +139,27 @@ class StatsApp:
         return json_answer(request, self.stats.history(seconds))
 
     @app.route("/api/decisions", methods=["GET", "HEAD"])
-    def decisions(self, request: IRequest) -> bytes:
+    def decisions(self, request: IRequest) -> bytes | Deferred[bytes]:
         """The latest balancing decisions, newest first, explained."""
         limit = int_arg(request, b"limit", 100, DECISION_SIZE)
         registry = self.registry
-        return json_answer(
-            request,
-            {
-                "time": self.clock.seconds(),
-                "algorithm": registry.algorithm,
-                "picks": registry.picks,
-                "sampled_per_second_max": DECISION_RATE,
-                "decisions": registry.decisions.describe(limit),
-            },
-        )
+
+        def answer(decisions: list[dict[str, Any]]) -> bytes:
+            return json_answer(
+                request,
+                {
+                    "time": self.clock.seconds(),
+                    "algorithm": registry.algorithm,
+                    "picks": registry.picks,
+                    "sampled_per_second_max": DECISION_RATE,
+                    "decisions": decisions,
+                },
+            )
+
+        source = self.decisions_source
+        if source is not None:
+            return source(limit).addCallback(answer)
+        return answer(registry.decisions.describe(limit))
 
     @app.route("/api/events", methods=["GET"])
     def events(self, request: IRequest) -> Deferred[None]:

@@ -1,0 +1,185 @@
+"""
+Tests for L{txlb.workers.fanout} (the supervisor's registry told to every
+worker) and L{txlb.workers.accepting} (how connections spread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import registry_of
+from txlb.config import Address, BackendConfig
+from txlb.workers import protocol as commands
+from txlb.workers.accepting import CountedConnections, balance_accepts
+from txlb.workers.fanout import Fanout
+from txlb.workers.shm import Counts, Permits
+
+
+class Link:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def callRemote(self, command: Any, **arguments: Any) -> None:
+        self.calls.append((command, arguments))
+
+    def commands(self) -> list[Any]:
+        return [c for c, _ in self.calls]
+
+
+def spec(name: str, port: int, **kw: Any) -> BackendConfig:
+    return BackendConfig(name, Address("127.0.0.1", port), **kw)
+
+
+class FanoutTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = registry_of(
+            [spec("a", 1), spec("b", 2, max_connections=2)], self.clock
+        )
+        self.counts = Counts.create(2, slots=8)
+        self.addCleanup(self.counts.close)
+        self.link = Link()
+        self.links = [self.link]
+        self.fanout = Fanout(self.registry, self.counts, self._links)
+        self.registry.subscribe(self.fanout)
+
+    def _links(self) -> Iterator[Any]:
+        yield from self.links
+
+    def test_slots_and_replay(self) -> None:
+        """Each backend has its own slot; a new worker hears of all, with permits."""
+        a, b = self.registry.backends
+        self.assertEqual((a.slot, b.slot), (0, 1))
+        self.assertEqual(
+            self.link.commands(), [commands.Added, commands.Added, commands.Permit]
+        )
+        late = Link()
+        self.fanout.replay(late)  # type: ignore[arg-type]
+        self.assertEqual(
+            late.commands(), [commands.Added, commands.Added, commands.Permit]
+        )
+        added = late.calls[1][1]
+        self.assertEqual(commands.spec_from_json(added["spec"]), b.spec)
+
+    def test_changes_told(self) -> None:
+        """State changes, configuration changes and removals reach every worker."""
+        a = self.registry.get("a")
+        self.link.calls.clear()
+        self.registry.set_healthy(a, False, "3/3 probes bad")
+        self.registry.update(a, spec("a", 1, weight=3), "reload")
+        self.registry.remove(a, "reload")
+        told = self.link.commands()
+        self.assertIn(commands.State, told)
+        self.assertIn(commands.Changed, told)
+        self.assertEqual(told[-1], commands.Removed)
+        self.assertNotIn(0, self.fanout.slots)
+
+    def test_global_counts_read_back(self) -> None:
+        """The supervisor's backends show every worker's counts."""
+        a = self.registry.get("a")
+        self.counts.cells[self.counts.cell(a.slot, 0)] = 3
+        self.counts.cells[self.counts.cell(a.slot, 1)] = 2
+        self.counts.cells[self.counts.total_cell(a.slot, 1)] = 50
+        self.fanout.refresh()
+        self.assertEqual((a.siblings, a.others, a.total_requests), (5, 5, 50))
+
+    def test_removed_waits_for_every_worker(self) -> None:
+        """A removed backend is forgotten once no worker has a request on it."""
+        a = self.registry.get("a")
+        self.counts.cells[self.counts.cell(a.slot, 1)] = 1
+        self.fanout.refresh()
+        self.registry.remove(a, "reload")
+        self.assertIn(a, self.registry.backends)
+        self.counts.cells[self.counts.cell(a.slot, 1)] = 0
+        self.fanout.refresh()
+        self.assertNotIn(a, self.registry.backends)
+
+    def test_dead_worker_gives_permits_back(self) -> None:
+        """A dead worker's leases die with it: their permits return, its cells zero."""
+        b = self.registry.get("b")
+        permits = Permits(self.link.calls[2][1]["fd"])
+        self.assertTrue(permits.take() and permits.take())
+        self.counts.cells[self.counts.cell(b.slot, 1)] = 2
+        self.fanout.worker_gone(1)
+        self.assertEqual((self.counts.in_flight(b.slot), permits.take_up_to(5)), (0, 2))
+
+    def test_lowered_limit_paid_as_permits_return(self) -> None:
+        """
+        A max_connections lowered below the leases out takes their permits
+        back as they come: two out, lowered to one, the first returned is
+        kept, the second is free again.
+        """
+        b = self.registry.get("b")
+        permits = Permits(self.link.calls[2][1]["fd"])
+        self.assertTrue(permits.take() and permits.take())
+        self.registry.update(b, spec("b", 2, max_connections=1), "reload")
+        permits.give()
+        self.fanout.refresh()
+        self.assertFalse(permits.take())
+        permits.give()
+        self.fanout.refresh()
+        self.assertTrue(permits.take())
+
+
+class FakePort:
+    def __init__(self) -> None:
+        self.connected = True
+        self.reading = True
+        self.accepted = 0
+        self.numberAccepts = 100
+
+    def doRead(self) -> None:
+        self.accepted += self.numberAccepts
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class AcceptingTests(SynchronousTestCase):
+    def test_one_accept_at_a_time_and_pause_when_busier(self) -> None:
+        """
+        A worker accepts one connection per event, and pauses for a moment
+        while it has more than the least loaded worker plus one.
+        """
+        clock = Clock()
+        counts = Counts.create(2, slots=4)
+        self.addCleanup(counts.close)
+        mine = CountedConnections(counts, 0)
+        theirs = CountedConnections(counts, 1)
+        mine.accepting(True)
+        theirs.accepting(True)
+        port = FakePort()
+        balance_accepts(port, counts, mine, clock)
+        port.doRead()
+        self.assertEqual(port.accepted, 1)
+        mine.add("c1")
+        mine.add("c2")
+        self.assertEqual(counts.cells[counts.connections_cell(0)], 2)
+        port.doRead()
+        self.assertEqual((port.accepted, port.reading), (1, False))
+        clock.advance(0.001)
+        self.assertTrue(port.reading)
+        theirs.add("c3")
+        port.doRead()
+        self.assertEqual(port.accepted, 2)
+
+    def test_a_worker_not_accepting_does_not_count(self) -> None:
+        """A starting or dead worker's count is no reason for others to pause."""
+        clock = Clock()
+        counts = Counts.create(2, slots=4)
+        self.addCleanup(counts.close)
+        mine = CountedConnections(counts, 0)
+        mine.accepting(True)
+        for n in range(5):
+            mine.add(n)
+        port = FakePort()
+        balance_accepts(port, counts, mine, clock)
+        port.doRead()
+        self.assertEqual(port.accepted, 1)
