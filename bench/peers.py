@@ -168,6 +168,8 @@ def start_peer(
     tag: str = "",
     txlb_health_interval: str = "2s",
     txlb_tree: str | None = None,
+    txlb_workers: int = 1,
+    pinned: bool = True,
 ) -> Target:
     """Start balancer C{name} in front of the loopback ports C{backends}."""
     tag = f"{name}{tag}"
@@ -214,6 +216,7 @@ def start_peer(
             tcp=name == "txlb-tcp",
             health_interval=txlb_health_interval,
             algorithm="least_time" if name == "txlb-least-time" else "least_conn",
+            workers=txlb_workers,
         )
         path = ctx.workdir / f"{tag}.ini"
         path.write_text(conf)
@@ -221,7 +224,8 @@ def start_peer(
         argv = [twistd, "-n", "--pidfile=", "txlb", "--config", str(path)]
         tree = txlb_tree or ctx.txlb_pythonpath
         env = {"PYTHONPATH": tree} if tree else {}
-        proc = ctx.procs.start(tag, argv, BALANCER_CPU, env=env, cwd=ctx.workdir)
+        cpu = BALANCER_CPU if pinned else None
+        proc = ctx.procs.start(tag, argv, cpu, env=env, cwd=ctx.workdir)
         stats = f"http://127.0.0.1:{stats_port}/api/server-stats"
         target = Target(name, url, proc, stats_url=stats, config=conf)
     else:
@@ -373,6 +377,7 @@ def _txlb_ini(
     tcp: bool,
     health_interval: str,
     algorithm: str = "least_conn",
+    workers: int = 1,
 ) -> str:
     sections = "\n".join(
         f"[backend:b{i}]\naddress = 127.0.0.1:{b}\n" for i, b in enumerate(backends, 1)
@@ -383,6 +388,7 @@ listen = tcp:{port}:interface=127.0.0.1
 stats_listen = tcp:{stats_port}:interface=127.0.0.1
 mode = {"tcp" if tcp else "http"}
 algorithm = {algorithm}
+{f"workers = {workers}" if workers > 1 else ""}
 
 [health]
 path = /health

@@ -314,6 +314,10 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
     ratios = cell.get("ratios", {})
     mine = _txlb_name(cell_id)
     rows = []
+    if cell_id.startswith("14-"):
+        import workers
+
+        return [*out, *workers.markdown(cell), ""]
     if cell_id == "7-idle":
         header = [
             "peer",

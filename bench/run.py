@@ -41,6 +41,7 @@ from typing import Any
 import load
 import peers
 import report
+import workers as workers_bench
 from peers import BALANCER_CPU, LOAD_CPU, ROOT, Context, Target
 from procs import BenchError, Processes, cpu_seconds, get_json, rss_bytes
 
@@ -53,6 +54,7 @@ SCENARIOS = {
     6: "selection cost: txlb with 1000 backends versus 3",
     7: "idle keep-alive client connections: resident memory",
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
+    14: "worker processes: workers = 1, 2 (--workers), direct, behind nginx, short",
 }
 
 # Seconds of one run of each cell, chosen so that a full run (3 runs of every
@@ -68,6 +70,9 @@ _SECONDS = {
     "6-selection": 3.0,
     "8-tcp-small": 3.0,
     "8-tcp-1mib": 2.0,
+    "14-keepalive": 3.0,
+    "14-nginx": 3.0,
+    "14-short": 3.0,
 }
 
 # Peers with no sensible place in a scenario.
@@ -88,6 +93,7 @@ class Settings:
     seconds: dict[str, float]  # one run of each cell
     slow_warmup: float  # scenarios 4 and 5
     idle_connections: int
+    workers: list[int]
     quick: bool
     full: bool
 
@@ -283,17 +289,19 @@ class Bench:
         sc = set(self.s.scenarios)
         small: list[int] = []
         many: list[int] = []
-        if sc & {1, 2, 3, 6, 7, 8}:
+        if sc & {1, 2, 3, 6, 7, 8, 14}:
             small = self.ctx.ports(3)
             many = self.ctx.ports(997) if 6 in sc else []
             _log(f"nginx backends on {len(small) + len(many)} ports (CPU 1)")
-            peers.start_nginx_backends(self.ctx, small + many)
+            self.backend_nginx = peers.start_nginx_backends(self.ctx, small + many)
         if sc & {1, 2, 3, 7}:
             self.http_group(small)
         if 8 in sc:
             self.tcp_group(small)
         if 6 in sc:
             self.selection_group(small, many)
+        if 14 in sc:
+            self.workers_group(small)
         if 4 in sc:
             self.hetero_group()
         if 5 in sc:
@@ -547,6 +555,66 @@ class Bench:
                 max(2.0, s.warmup),
             )
         finally:
+            self.stop(targets)
+
+    def workers_group(self, backends: list[int]) -> None:
+        """Scenario 14: see bench/workers.py."""
+        s = self.s
+        if "txlb" not in s.peers:
+            _log("scenario 14 measures txlb only: skipped (txlb not in --peers)")
+            return
+        targets: dict[str, Target] = {}
+        fronts: dict[str, Target] = {}
+        for n in s.workers:
+            name = f"txlb-w{n}"
+            _log(f"starting {name}")
+            t = self.start("txlb", backends, tag=f"-w{n}", txlb_workers=n, pinned=False)
+            if t is None:
+                continue
+            t.name = name
+            targets[name] = t
+            port = int(t.url.rsplit(":", 1)[1])
+            front = self.start("nginx", [port], tag=f"-front-w{n}")
+            if front is not None:
+                fronts[name] = front
+        nginx = self.backend_nginx.pid
+
+        def loaders(t: Target) -> list[int]:
+            front = fronts.get(t.name)
+            return [nginx] + ([front.pid] if front is not None and front.pid else [])
+
+        def via_front(t: Target, seconds: float) -> dict[str, Any]:
+            front = fronts[t.name]
+            return load.wrk(front.url + "/", 16, seconds, self.scripts[False], LOAD_CPU)
+
+        before, after = workers_bench.spread()
+        try:
+            runs = {
+                "14-keepalive": self.wrk("/", 64),
+                "14-nginx": via_front,
+                "14-short": self.ab(50),
+            }
+            for cell_id, run in runs.items():
+                title, how = workers_bench.CELLS[cell_id]
+                self.cell(
+                    cell_id, 14, title, "rps", f"{how}, -d{s.seconds[cell_id]:g}s"
+                )
+                chosen = (
+                    targets
+                    if cell_id != "14-nginx"
+                    else {k: v for k, v in targets.items() if k in fronts}
+                )
+                self.interleaved(
+                    cell_id,
+                    chosen,
+                    workers_bench.with_load_cpu(run, loaders),
+                    s.seconds[cell_id],
+                    max(1.0, s.warmup),
+                    before=before,
+                    after=after,
+                )
+        finally:
+            self.stop(fronts)
             self.stop(targets)
 
     def demo_stats(self, ports: list[int]) -> list[dict[str, Any]]:
@@ -832,6 +900,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         " every txlb cell, as peer txlb@REV: an A/B in one sitting (the same"
         " revision as --txlb measures the A/A noise)",
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts scenario 14 compares (default 1,2; e.g. 1,2,4,8)",
+    )
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
@@ -856,6 +929,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         parser.error(f"--peers: unknown {bad_peers[0]!r}; known: {', '.join(known)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        workers = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--workers: not a list of numbers: {args.workers!r}")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: counts of 1 or more")
     quick = args.quick
     d = args.duration
     s = Settings(
@@ -868,6 +947,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         },
         slow_warmup=1.0 if quick else 2.0,
         idle_connections=args.idle_connections,
+        workers=workers,
         quick=quick,
         full=(
             args.scenarios == "all"

@@ -196,6 +196,9 @@ def test_service_runs_txlb_as_documented() -> None:
         "PrivateTmp": "yes",
         "CapabilityBoundingSet": "",
         "AmbientCapabilities": "",
+        # workers = N: the supervisor alone gets SIGTERM, and drains them.
+        "KillMode": "mixed",
+        "RuntimeDirectory": "txlb",
     }.items():
         assert service[key] == [value], key
     backend = unit_settings("txlb-backend@.service")

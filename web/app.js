@@ -284,6 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
+    // Panels in their own files (workers.js ...) draw from the same snapshot.
+    document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 
   function updateHeader(snap) {

@@ -353,3 +353,81 @@ def _get(port: int) -> int:
         return status
     except OSError:
         return 0
+
+
+def test_admin_and_rejected_reload_reach_every_worker(
+    balancer: Callable[..., Balancer], three: list[Backend], tmp_path: Path
+) -> None:
+    """
+    The admin API acts on the balancer: a backend drained through it gets
+    no more requests from either worker.  An invalid lb.ini is rejected once,
+    by the supervisor, and every worker keeps serving the old one.
+    """
+    token = "workers-admin-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    lb = balancer(
+        [(b.name, b.port) for b in three],
+        f"workers = 2\nadmin_token_file = {token_file}",
+    )
+    serving(lb)
+    drain = urllib.request.Request(
+        lb.url + "/api/backends/web0/drain",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(drain, timeout=5) as r:
+        assert json.load(r)["state"] == "draining"
+    wait_until(lambda: stats(lb)["backends"][0]["active_connections"] == 0)
+    before = three[0].stats()["requests"]
+    ini = lb.log.parent / "lb.ini"
+    good = ini.read_text()
+    ini.write_text(good + "[txlb]\nworkers = many\n")
+    lb.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload rejected" in lb.log.read_text())
+    with Load(lb.port, 8) as load:
+        time.sleep(2)
+    assert load.failed == []
+    assert load.ok > 50
+    assert three[0].stats()["requests"] == before
+    assert three[1].stats()["requests"] > 0 and three[2].stats()["requests"] > 0
+    assert lb.log.read_text().count("reload rejected") == 1
+
+
+def test_tcp_mode_with_workers(
+    balancer: Callable[..., Balancer], processes: Any
+) -> None:
+    """TCP mode with two workers relays every connection and counts it."""
+    import sys
+
+    ports = [free_port() for _ in range(2)]
+    argv = [sys.executable, "-m", "backends", "--tcp-echo"]
+    for port in ports:
+        argv += ["--port", str(port)]
+    processes.start("echo", argv, ports[-1])
+    stats_port = free_port()
+    lb = balancer(
+        [(f"echo{i}", p) for i, p in enumerate(ports)],
+        f"mode = tcp\nworkers = 2\nstats_listen = tcp:{stats_port}:interface=127.0.0.1",
+        health="path =",
+    )
+    stats_url = f"http://127.0.0.1:{stats_port}/api/server-stats"
+
+    def tcp_stats() -> dict[str, Any]:
+        with urllib.request.urlopen(stats_url, timeout=5) as r:
+            return json.load(r)  # type: ignore[no-any-return]
+
+    wait_until(lambda: all(w["serving"] for w in tcp_stats()["workers"]))
+    sockets = []
+    for i in range(10):
+        s = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
+        s.sendall(b"ping %d\n" % i)
+        assert s.recv(64) == b"ping %d\n" % i
+        sockets.append(s)
+    seen = tcp_stats()
+    assert seen["totals"]["active_connections"] == 10
+    # Each worker relays its share (its column of the shared counts).
+    assert min(w["in_flight"] for w in seen["workers"]) >= 3, seen["workers"]
+    for s in sockets:
+        s.close()
+    wait_until(lambda: tcp_stats()["totals"]["active_connections"] == 0)

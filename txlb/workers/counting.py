@@ -58,6 +58,8 @@ class WorkerCounts:
         self._cells = counts.cells
         self._span = counts.workers * STRIDE
         self._offset = worker * STRIDE
+        # Where the other workers' cells are in a block.
+        self._siblings = tuple(w * STRIDE for w in range(counts.workers) if w != worker)
         self._selector = selector
         self._clock = clock
         self._permits: dict[int, Permits] = {}
@@ -104,12 +106,16 @@ class WorkerCounts:
                 return
             self._refreshed = now
         cells = self._cells
-        span = self._span
-        block = 2 * span
+        block = 2 * self._span
         indexed = selector.indexed
+        offsets = self._siblings
+        one = offsets[0] if len(offsets) == 1 else -1
         for b in candidates:
             start = b.slot * block
-            siblings = sum(cells[start : start + span : STRIDE]) - b.active
+            if one >= 0:
+                siblings = cells[start + one]  # two workers: one read
+            else:
+                siblings = sum(cells[start + o] for o in offsets)
             if siblings != b.siblings:
                 b.siblings = siblings
                 b.others = siblings + b.peers

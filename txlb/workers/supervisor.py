@@ -227,6 +227,7 @@ class _Worker:
             "restarts": self.restarts,
             "in_flight": sum(pool.counts.column(self.index, slots).values()),
             "rps": round(self.rps, 1),
+            "responses": self.responses,
             "cpu_percent": round(self.cpu_percent, 1),
             "connections": info.get("connections", 0),
             "drift_max": info.get("drift_max", 0),
