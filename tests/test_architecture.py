@@ -149,3 +149,19 @@ class ArchitectureTests(SynchronousTestCase):
             if f"| `{name}` |" not in readme
         )
         self.assertEqual(missing, [])
+
+    def test_every_package_is_installed(self) -> None:
+        """setup.cfg lists every package of txlb (it lists them by hand)."""
+        listed = set()
+        lines = (ROOT / "setup.cfg").read_text().splitlines()
+        start = lines.index("packages =") + 1
+        for line in lines[start:]:
+            if not line.startswith(" "):
+                break
+            listed.add(line.strip())
+        packages = {
+            ".".join(init.parent.relative_to(ROOT).parts)
+            for init in PACKAGE.rglob("__init__.py")
+        }
+        self.assertIn("txlb.core", packages)
+        self.assertEqual(sorted(packages - listed), [])

@@ -161,7 +161,17 @@ class LeastConn(_LoadOnly):
         return (c.active + c.others) / c.weight
 
     def pick(self, candidates: Sequence[Candidate]) -> int:
-        return _pick_by_cost(self, candidates)
+        # _pick_by_cost with the cost inline: this is every request's pick.
+        best = 0
+        first = candidates[0]
+        best_cost = (first.active + first.others) / first.weight
+        best_vtime = first.vtime
+        for i in range(1, len(candidates)):
+            c = candidates[i]
+            value = (c.active + c.others) / c.weight
+            if value < best_cost or (value == best_cost and c.vtime < best_vtime):
+                best, best_cost, best_vtime = i, value, c.vtime
+        return best
 
     def explain(self, winner: Candidate, tied: int, total: int) -> str:
         if total == 1:

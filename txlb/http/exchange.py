@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web import http
 from zope.interface import implementer
 
 from txlb.core.backend import Backend
@@ -139,7 +138,8 @@ class Exchange:
     def client_body_done(self) -> None:
         self.body_complete = True
         conn = self.conn
-        if conn is not None and not self.done:
+        if conn is not None and not self.done and self.body_length != 0:
+            # (A request without a body was ended as it was sent.)
             self._body_sent(conn)
         self.attached = True
         early, self.early = self.early, None
@@ -271,10 +271,10 @@ class Exchange:
         self.status = status
         out, saw_date, length_known = response_headers(headers)
         if not saw_date:
-            out.append((b"Date", http.datetimeToString()))
+            out.append((b"Date", wire.http_date()))
         request = self.request
         request.respond(
-            status, reason or http.RESPONSES.get(status, b""), out, length_known
+            status, reason or wire.REASONS.get(status, b""), out, length_known
         )
         if self.conn is not None:
             request.send_response_producer(self)
@@ -420,7 +420,7 @@ class Exchange:
                 elapsed = now - self.upstream_started
             lease.release(
                 failed=failed,
-                why=_FAILURES.get(status) or f"answered {status}",
+                why=(_FAILURES.get(status) or f"answered {status}") if failed else "",
                 # A client that left (499) says nothing of the backend's speed.
                 seconds=elapsed if status != 499 else None,
             )

@@ -5,12 +5,14 @@ The bytes txlb writes on its own: chunk framing, and its plain-text answers
 
 from __future__ import annotations
 
-from twisted.web import http
+import time
 
-__all__ = ["LAST_CHUNK", "REASONS", "chunk", "plain"]
+from twisted.web.http import RESPONSES, datetimeToString
+
+__all__ = ["LAST_CHUNK", "REASONS", "chunk", "http_date", "plain"]
 
 REASONS: dict[int, bytes] = {
-    **http.RESPONSES,
+    **RESPONSES,
     # RFC 9110's names, where Twisted's table has older ones or none.
     408: b"Request Timeout",
     413: b"Content Too Large",
@@ -20,6 +22,26 @@ REASONS: dict[int, bytes] = {
 }
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _HTTPDate:
+    """The C{Date} header's value for the wall clock, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self, now: float | None = None) -> bytes:
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            self._value = datetimeToString(second)
+            self._second = second
+        return self._value
+
+
+http_date = _HTTPDate()
 
 
 def chunk(data: bytes) -> bytes:
@@ -48,7 +70,7 @@ def plain(
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
-        b"Date: %s\r\n" % http.datetimeToString(),
+        b"Date: %s\r\n" % http_date(),
         b"Content-Length: %d\r\n" % len(body),
     ]
     if retry_after:

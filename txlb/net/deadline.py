@@ -25,12 +25,13 @@ class Deadline:
         may be moved later directly (C{at += ...}) at no cost.
     """
 
-    __slots__ = ("_clock", "_on_expired", "_timer", "at")
+    __slots__ = ("_clock", "_on_expired", "_timer", "_timer_at", "at")
 
     def __init__(self, clock: IReactorTime, on_expired: Callable[[], None]) -> None:
         self._clock = clock
         self._on_expired = on_expired
         self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0  # when the timer fires
         self.at = 0.0
 
     def set(self, seconds: float) -> None:
@@ -40,8 +41,10 @@ class Deadline:
         timer = self._timer
         if timer is None:
             self._timer = self._clock.callLater(seconds, self._fired)
-        elif timer.getTime() > at:
+            self._timer_at = at
+        elif self._timer_at > at:
             timer.reset(seconds)
+            self._timer_at = at
 
     def clear(self) -> None:
         """No deadline for now; the timer stays for the next one."""
@@ -67,6 +70,7 @@ class Deadline:
         left = at - self._clock.seconds()
         if left > 0:
             self._timer = self._clock.callLater(left, self._fired)
+            self._timer_at = at
             return
         self.at = 0.0
         self._on_expired()
