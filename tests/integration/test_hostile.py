@@ -96,7 +96,7 @@ class Recorder:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._connections: list[bytearray] = []
-        self._open = 0
+        self._open: dict[int, bytearray] = {}  # by id: bytearrays compare by value
         self._answered: list[tuple[bytes, bytes]] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -112,12 +112,12 @@ class Recorder:
         record = bytearray()
         with self._lock:
             self._connections.append(record)
-            self._open += 1
+            self._open[id(record)] = record
         try:
             self._answer(conn, record)
         finally:
             with self._lock:
-                self._open -= 1
+                del self._open[id(record)]
 
     def _answer(self, conn: socket.socket, record: bytearray) -> None:
         buf = b""
@@ -155,9 +155,12 @@ class Recorder:
             return b"\0".join(bytes(c) for c in self._connections)
 
     def open_connections(self) -> int:
-        """Connections txlb holds open to the recorder now."""
+        """
+        Connections txlb holds open to the recorder now that have carried a
+        request (not a health check's TCP connect, which sends nothing).
+        """
         with self._lock:
-            return self._open
+            return sum(1 for record in self._open.values() if record)
 
     def answered(self) -> list[tuple[bytes, bytes]]:
         """(head, body) of every request answered so far, in order."""
