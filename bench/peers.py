@@ -168,10 +168,16 @@ def start_peer(
     tag: str = "",
     txlb_health_interval: str = "2s",
     txlb_tree: str | None = None,
+    txlb_sections: str | None = None,
     txlb_workers: int = 1,
     pinned: bool = True,
 ) -> Target:
-    """Start balancer C{name} in front of the loopback ports C{backends}."""
+    """
+    Start balancer C{name} in front of the loopback ports C{backends}.
+
+    @param txlb_sections: txlb's backend (or discovery) sections, in place
+        of one per port of C{backends}.
+    """
     tag = f"{name}{tag}"
     (port,) = ctx.ports(1)
     url = f"http://127.0.0.1:{port}"
@@ -216,6 +222,7 @@ def start_peer(
             tcp=name == "txlb-tcp",
             health_interval=txlb_health_interval,
             algorithm="least_time" if name == "txlb-least-time" else "least_conn",
+            sections=txlb_sections,
             workers=txlb_workers,
         )
         path = ctx.workdir / f"{tag}.ini"
@@ -377,11 +384,14 @@ def _txlb_ini(
     tcp: bool,
     health_interval: str,
     algorithm: str = "least_conn",
+    sections: str | None = None,
     workers: int = 1,
 ) -> str:
-    sections = "\n".join(
-        f"[backend:b{i}]\naddress = 127.0.0.1:{b}\n" for i, b in enumerate(backends, 1)
-    )
+    if sections is None:
+        sections = "\n".join(
+            f"[backend:b{i}]\naddress = 127.0.0.1:{b}\n"
+            for i, b in enumerate(backends, 1)
+        )
     return f"""\
 [txlb]
 listen = tcp:{port}:interface=127.0.0.1

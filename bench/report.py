@@ -87,6 +87,8 @@ def _txlb_name(cell_id: str) -> str:
         return "txlb-tcp"
     if cell_id.startswith("6-"):
         return "txlb-1000"
+    if cell_id.startswith("13-"):
+        return "txlb-churn"
     return "txlb"
 
 
@@ -261,6 +263,20 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             True,
             "x",
             cpu("6-selection", "txlb-3"),
+        )
+    )
+    churned = cells.get("13-churn")
+    out.append(
+        _target(
+            "100 discovered backends, one swapped a second: CPU per request"
+            " within 5% of 100 static ones",
+            _ratio(
+                _med(churned, "txlb-churn", "lb_cpu_us_per_req") if churned else None,
+                _med(churned, "txlb-static", "lb_cpu_us_per_req") if churned else None,
+            ),
+            1.05,
+            False,
+            "x the static pool's CPU per request",
         )
     )
     idle = cells.get("7-idle", {}).get("peers", {}).get("txlb", {})

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import churn
 import load
 import peers
 import report
@@ -54,6 +55,7 @@ SCENARIOS = {
     6: "selection cost: txlb with 1000 backends versus 3",
     7: "idle keep-alive client connections: resident memory",
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
+    13: "discovery: 100 backends from DNS, one swapped a second, vs 100 in lb.ini",
     14: "worker processes: workers = 1, 2 (--workers), direct, behind nginx, short",
 }
 
@@ -70,6 +72,7 @@ _SECONDS = {
     "6-selection": 3.0,
     "8-tcp-small": 3.0,
     "8-tcp-1mib": 2.0,
+    "13-churn": 3.0,
     "14-keepalive": 3.0,
     "14-nginx": 3.0,
     "14-short": 3.0,
@@ -306,6 +309,8 @@ class Bench:
             self.hetero_group()
         if 5 in sc:
             self.failing_group()
+        if 13 in sc:
+            self.churn_group()
 
     def http_peers(self) -> list[str]:
         return [p for p in self.s.peers if p in peers.HTTP_PEERS]
@@ -556,6 +561,52 @@ class Bench:
             )
         finally:
             self.stop(targets)
+
+    def churn_group(self) -> None:
+        """Scenario 13 (bench/churn.py): txlb only, discovered vs static."""
+        s = self.s
+        if "txlb" not in s.peers:
+            _log("scenario 13 measures txlb only: skipped (txlb not in --peers)")
+            return
+        (port,) = self.ctx.ports(1)
+        backends = churn.start_backends(self.ctx, port)
+        pool = None
+        targets: dict[str, Target] = {}
+        try:
+            pool = churn.Pool(self.ctx)
+            for tag, source in (("-static", None), ("-churn", pool)):
+                _log(f"starting txlb{tag}")
+                kw: dict[str, Any] = {
+                    "tag": tag,
+                    "txlb_health_interval": "60s",
+                    "txlb_sections": churn.sections(source, port),
+                }
+                t = self.start("txlb", [], **kw)
+                if t is not None:
+                    t.name = f"txlb{tag}"
+                    targets[t.name] = t
+                targets.update(self.compared("txlb", [], **kw))
+            pool.start_churn()
+            self.cell(
+                "13-churn",
+                13,
+                "100 backends from DNS, one swapped a second, vs 100 in lb.ini",
+                "rps",
+                f"wrk -t1 -c64 -d{s.seconds['13-churn']:g}s, 16-byte body",
+            )
+            self.interleaved(
+                "13-churn", targets, self.wrk("/", 64), s.seconds["13-churn"], s.warmup
+            )
+            self.results["cells"]["13-churn"]["swaps"] = pool.swaps
+        except BenchError as e:
+            self.fail("13-churn", "txlb", e)
+        finally:
+            if pool is not None:
+                pool.stop_churn()
+            self.stop(targets)
+            self.ctx.procs.stop(backends)
+            if pool is not None:
+                self.ctx.procs.stop(pool.proc)
 
     def workers_group(self, backends: list[int]) -> None:
         """Scenario 14: see bench/workers.py."""

@@ -20,6 +20,7 @@ packages=(
     haproxy
     caddy
     chromium # headless dashboard tests (Playwright drives /usr/bin/chromium)
+    dnsmasq-base # a real DNS server for the discovery tests (no system service)
     iproute2 # ss
     curl
     openssl

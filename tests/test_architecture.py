@@ -12,6 +12,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.config import BackendConfig, HealthConfig, OutlierConfig, txlb_keys
+from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config
 from txlb.schema import keys_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,8 @@ def declared_keys() -> dict[str, str]:
     keys.update({name: f"[health] {name}" for name in keys_of(HealthConfig)})
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
+    for cls in (CommonConfig, DNSConfig, EC2Config):
+        keys.update({name: f"[discovery:NAME] {name}" for name in keys_of(cls)})
     return keys
 
 
@@ -112,7 +115,13 @@ def attributes_read(path: Path) -> set[str]:
 
 # Where keys are declared and parsed, and the reload, which compares every
 # key by name: none of them is a reader.
-_NOT_READERS = {"txlb.config", "txlb.schema", "txlb.settings", "txlb.lifecycle.reload"}
+_NOT_READERS = {
+    "txlb.config",
+    "txlb.schema",
+    "txlb.settings",
+    "txlb.lifecycle.reload",
+    "txlb.discovery.config",
+}
 
 
 class ArchitectureTests(SynchronousTestCase):

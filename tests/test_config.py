@@ -109,6 +109,19 @@ class ErrorTests(SynchronousTestCase):
         message = self.error("[txlb]\nalgorithm=fastest\n[backend:a]\naddress=h:1\n")
         self.assertIn("least_conn", message)
 
+    def test_workers(self) -> None:
+        """workers: 1 to 256 processes, or auto (one per CPU this process may
+        run on); anything else is named with what is allowed."""
+        backend = "[backend:a]\naddress=h:1\n"
+        self.assertEqual(parse(backend, "my.ini").workers, 1)
+        self.assertEqual(parse("[txlb]\nworkers = 4\n" + backend, "x").workers, 4)
+        auto = parse("[txlb]\nworkers = auto\n" + backend, "x").workers
+        self.assertEqual(auto, len(os.sched_getaffinity(0)))
+        for bad in ("0", "257", "many", "-2"):
+            message = self.error(f"[txlb]\nworkers = {bad}\n" + backend)
+            self.assertIn(f"[txlb] workers: '{bad}'", message)
+            self.assertIn("up to 256, or auto", message)
+
     def test_bad_address_and_weight(self) -> None:
         """Backend addresses need host:port; weights a positive number."""
         self.assertIn(

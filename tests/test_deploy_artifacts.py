@@ -8,14 +8,17 @@ and ``aws/bootstrap.sh`` by shellcheck and by parsing the lb.ini it writes.
 
 from __future__ import annotations
 
+import ast
 import base64
 import http.client
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,8 +317,9 @@ def load_template() -> dict[str, Any]:
 
 def test_instances_use_the_right_groups() -> None:
     """
-    The balancer is in the balancer's group and every backend in the
-    backends' group (read from the template: moto ignores SecurityGroupIds).
+    The balancer is in the balancer's group and every backend (the Auto
+    Scaling group's launch template) in the backends' group (read from the
+    template: moto ignores SecurityGroupIds).
     """
     resources = load_template()["Resources"]
     instances = {
@@ -323,19 +327,17 @@ def test_instances_use_the_right_groups() -> None:
         for name, r in resources.items()
         if r["Type"] == "AWS::EC2::Instance"
     }
-    assert set(instances) == {
-        "Balancer",
-        "Backend1",
-        "Backend2",
-        "Backend3",
-        "Backend4",
+    assert set(instances) == {"Balancer"}
+    balancer = instances["Balancer"]
+    assert balancer["SecurityGroupIds"] == [{"Ref": "BalancerSecurityGroup"}]
+    assert balancer["SubnetId"] == {"Ref": "Subnet"}
+    backends = resources["BackendLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert backends["SecurityGroupIds"] == [{"Ref": "BackendSecurityGroup"}]
+    group = resources["BackendGroup"]["Properties"]
+    assert group["VPCZoneIdentifier"] == [{"Ref": "Subnet"}]
+    assert group["LaunchTemplate"]["LaunchTemplateId"] == {
+        "Ref": "BackendLaunchTemplate"
     }
-    for name, properties in instances.items():
-        group = (
-            "BalancerSecurityGroup" if name == "Balancer" else "BackendSecurityGroup"
-        )
-        assert properties["SecurityGroupIds"] == [{"Ref": group}], name
-        assert properties["SubnetId"] == {"Ref": "Subnet"}
     groups = [
         r for r in resources.values() if r["Type"].startswith("AWS::EC2::Security")
     ]
@@ -363,6 +365,7 @@ class Deployment:
         cf.create_stack(
             StackName="txlb",
             TemplateBody=body,
+            Capabilities=["CAPABILITY_IAM"],
             Parameters=[
                 {"ParameterKey": "SshCidr", "ParameterValue": SSH_CIDR},
                 {
@@ -401,6 +404,53 @@ class Deployment:
             for instance in self.instances
         }
         self.addresses = ec2.describe_addresses()["Addresses"]
+        autoscaling = boto3.client("autoscaling", region_name="eu-west-1")
+        (self.group,) = autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        iam = boto3.client("iam")
+        role = self.physical["BalancerRole"]
+        self.role = iam.get_role(RoleName=role)["Role"]
+        self.trust = _document(self.role["AssumeRolePolicyDocument"])
+        self.role_policies = {
+            name: _document(
+                iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+            )
+            for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+        }
+        self.attached = iam.list_attached_role_policies(RoleName=role)[
+            "AttachedPolicies"
+        ]
+        self.profile = iam.get_instance_profile(
+            InstanceProfileName=self.physical["BalancerProfile"]
+        )["InstanceProfile"]
+        # What the balancer's txlb finds, asked as it asks (boto3, in moto).
+        from tests.discovery.doubles import now_run
+        from txlb.discovery.config import EC2Config
+        from txlb.discovery.ec2 import Boto3Client, EC2Source
+
+        source = EC2Source(
+            EC2Config(region="eu-west-1", asg=self.group["AutoScalingGroupName"]),
+            9001,
+            Boto3Client("eu-west-1", ""),
+            now_run,
+        )
+        found = source.lookup()
+        self.found: list[str] = []
+        found.addCallback(lambda a: self.found.extend(str(f.address) for f in a.found))
+
+
+def _document(value: Any) -> Any:
+    """
+    An IAM policy document as boto3 gives it: parsed, or text (JSON as AWS
+    sends it; moto's CloudFormation stores an inline policy as a Python
+    literal).
+    """
+    if not isinstance(value, str):
+        return value
+    text = urllib.parse.unquote(value)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
 
 
 @pytest.fixture(scope="module", params=[1, 3, 4], ids=lambda n: f"{n}-backends")
@@ -470,17 +520,22 @@ def test_deployed_instances_and_outputs(deployed: Deployment) -> None:
         i["InstanceId"]: {t["Key"]: t["Value"] for t in i["Tags"]}["Name"]
         for i in d.instances.values()
     }
-    backend_ids = [i for i, name in names.items() if "-web" in name]
+    backend_ids = [i for i, name in names.items() if name == "txlb-web"]
     assert len(backend_ids) == backend_count
-    assert sorted(names.values()) == sorted(
-        ["txlb-balancer"] + [f"txlb-web{n}" for n in range(1, backend_count + 1)]
-    )
+    assert sorted(names.values()) == ["txlb-balancer"] + ["txlb-web"] * backend_count
     (balancer_id,) = [i for i, name in names.items() if name == "txlb-balancer"]
-    wanted = sorted(f"{d.instances[i]['PrivateIpAddress']}:9001" for i in backend_ids)
-    line = re.search(r"bootstrap\.sh, balancer, \"([^\"]*)\"", d.user_data[balancer_id])
+    group = d.group
+    assert group["DesiredCapacity"] == backend_count
+    assert sorted(i["InstanceId"] for i in group["Instances"]) == sorted(backend_ids)
+    assert d.outputs["BackendGroup"] == group["AutoScalingGroupName"]
+    # The balancer is told the group, not addresses: it finds them.
+    line = re.search(
+        r"bootstrap\.sh, balancer-asg, \"([^\"]*)\"", d.user_data[balancer_id]
+    )
     assert line, d.user_data[balancer_id]
-    assert sorted(line.group(1).split()) == wanted
-    assert d.outputs["BackendAddresses"].split() == line.group(1).split()
+    assert line.group(1).split() == ["eu-west-1", group["AutoScalingGroupName"], "9001"]
+    wanted = sorted(f"{d.instances[i]['PrivateIpAddress']}:9001" for i in backend_ids)
+    assert sorted(d.found) == wanted
     (address,) = d.addresses
     assert address["InstanceId"] == balancer_id
     assert d.outputs["DashboardURL"] == f"https://{address['PublicIp']}/dashboard/"
@@ -508,7 +563,8 @@ def test_user_data_passes_cloud_init_schema(
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Valid cloud-config" in result.stdout, result.stdout
-    assert len(roles) == 1 + d.backend_count  # the balancer, distinct backends
+    assert len(d.user_data) == 1 + d.backend_count
+    assert len(roles) == 2  # the balancer, and the backends' launch template
     bad = tmp_path / "bad.yaml"
     bad.write_text("#cloud-config\npackages: nginx\nruncmd: {a: 1}\n")
     result = subprocess.run(
@@ -518,6 +574,88 @@ def test_user_data_passes_cloud_init_schema(
         timeout=120,
     )
     assert result.returncode != 0  # the check can fail
+
+
+def test_deployed_balancer_role(deployed: Deployment) -> None:
+    """
+    The balancer's instance role may call ec2:DescribeInstances and
+    autoscaling:DescribeAutoScalingGroups, nothing else; only EC2 may
+    assume it; the balancer runs with it.
+    """
+    d = deployed
+    assert d.attached == []
+    (policy,) = d.role_policies.values()
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert sorted(statement["Action"]) == [
+        "autoscaling:DescribeAutoScalingGroups",
+        "ec2:DescribeInstances",
+    ]
+    assert statement["Resource"] == "*"  # neither action takes resource ARNs
+    assert set(statement) == {"Effect", "Action", "Resource"}
+    (trust,) = d.trust["Statement"]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert [r["RoleName"] for r in d.profile["Roles"]] == [d.role["RoleName"]]
+    balancer = next(
+        i for i in d.instances.values() if i.get("IamInstanceProfile") is not None
+    )
+    assert balancer["IamInstanceProfile"]["Arn"] == d.profile["Arn"]
+    backends = [i for i in d.instances.values() if i is not balancer]
+    assert all(i.get("IamInstanceProfile") is None for i in backends)
+
+
+def test_scale_in_waits_for_the_drain() -> None:
+    """
+    An instance scaled in is held (Terminating:Wait) long enough for txlb
+    to see it leave and drain it (read from the template: moto has no
+    lifecycle hooks).
+    """
+    group = load_template()["Resources"]["BackendGroup"]["Properties"]
+    (hook,) = group["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hook["DefaultResult"] == "CONTINUE"
+    interval = parse(
+        subprocess.run(
+            ["bash", str(BOOTSTRAP), "lb-ini-asg", "eu-west-1 g 9001"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    ).discoveries[0]
+    assert interval.ec2 is not None
+    assert hook["HeartbeatTimeout"] >= 10 * interval.ec2.interval
+
+
+def test_bootstrap_lb_ini_asg() -> None:
+    """
+    The lb.ini of the balancer-asg mode: valid, one ec2 discovery section
+    over the group in the region, on the backends' port, asking only what
+    the role allows; new backends wait for a probe and start slowly.
+    """
+    result = subprocess.run(
+        ["bash", str(BOOTSTRAP), "lb-ini-asg", "eu-west-1 txlb-BackendGroup-X 9001"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config = parse(result.stdout, "lb.ini")
+    assert config.backends == ()
+    (web,) = config.discoveries
+    assert web.ec2 is not None
+    assert (web.type, web.ec2.region, web.ec2.asg) == (
+        "ec2",
+        "eu-west-1",
+        "txlb-BackendGroup-X",
+    )
+    assert (web.common.port, web.ec2.tags, web.ec2.endpoint_url) == (9001, (), "")
+    assert config.health.initial_state == "unknown"
+    assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    for bad in ("eu-west-1 only", "a b 1 extra"):
+        wrong = subprocess.run(
+            ["bash", str(BOOTSTRAP), "lb-ini-asg", bad], capture_output=True, text=True
+        )
+        assert wrong.returncode != 0, bad
 
 
 def test_bootstrap_shellcheck() -> None:
@@ -545,6 +683,9 @@ def test_bootstrap_lb_ini() -> None:
         ("web2", "10.42.1.5:9001"),
     ]
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    # One worker per CPU (auto); the unit lets the supervisor drain them.
+    assert config.workers == len(os.sched_getaffinity(0))
+    assert "KillMode=mixed" in (REPO / "systemd" / "txlb.service").read_text()
     assert "server 127.0.0.1:8080;" in (REPO / "nginx" / "txlb.conf").read_text()
     assert [str(n) for n in config.proxy.trusted_proxies] == ["127.0.0.1/32"]
     empty = subprocess.run(

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from txlb import schema
+from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config, read_section
 from txlb.schema import (
     DURATION,
     POSITIVE_DURATION,
@@ -52,6 +53,7 @@ __all__ = [
     "ClientConfig",
     "Config",
     "ConfigError",
+    "DiscoveryConfig",
     "HealthConfig",
     "Network",
     "ObserveConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "ProxyConfig",
     "load",
     "parse",
+    "parse_backend",
     "parse_duration",
     "parse_size",
     "txlb_keys",
@@ -72,6 +75,7 @@ SOURCES = ("static", "admin")
 
 _HEALTH_OVERRIDE = "health_"
 _BACKEND_PREFIX = "backend:"
+_DISCOVERY_PREFIX = "discovery:"
 
 
 class ConfigError(Exception):
@@ -137,7 +141,11 @@ class BackendConfig:
     """
     One backend: a ``[backend:NAME]`` section, or one found elsewhere.
 
-    @ivar source: where it came from: C{static} (lb.ini) or C{admin}.
+    @ivar source: where it came from: C{static} (lb.ini), C{admin}, or a
+        discovery section (C{dns:NAME}, C{ec2:NAME}).
+    @ivar priority: RFC 2782's: backends of a higher number take requests
+        only while none of a lower one is in rotation (SRV records set it;
+        0 for all others).
     """
 
     name: str
@@ -159,6 +167,35 @@ class BackendConfig:
         "a whole number, 0 (unlimited) or more: requests or connections at once",
     )
     source: str = "static"
+    priority: int = 0
+
+
+@attrs.frozen
+class DiscoveryConfig:
+    """
+    A ``[discovery:NAME]`` section (its keys: L{txlb.discovery.config}).
+
+    @ivar dns: its C{type = dns} keys, or L{None}.
+    @ivar ec2: its C{type = ec2} keys, or L{None}.
+    @ivar backend: the keys of every backend it finds (weight,
+        max_connections, proxy_protocol, health); each gets its own name and
+        address, and C{source}.
+    """
+
+    name: str
+    common: CommonConfig
+    backend: BackendConfig
+    dns: DNSConfig | None = None
+    ec2: EC2Config | None = None
+
+    @property
+    def type(self) -> str:
+        return self.common.type
+
+    @property
+    def source(self) -> str:
+        """Its backends' C{source}: C{dns:NAME} or C{ec2:NAME}."""
+        return f"{self.common.type}:{self.name}"
 
 
 @attrs.frozen
@@ -167,6 +204,7 @@ class Config:
 
     filename: str
     backends: tuple[BackendConfig, ...]
+    discoveries: tuple[DiscoveryConfig, ...] = ()
     listen: tuple[str, ...] = key(
         ("tcp:8080",),
         schema.endpoints,
@@ -256,6 +294,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     health: dict[str, Any] = {}
     outlier: dict[str, Any] = {}
     backend_sections: list[tuple[str, dict[str, str]]] = []
+    discovery_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
         items = dict(parser.items(name))
         if name == "txlb":
@@ -268,15 +307,20 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             outlier = _read(filename, name, items, _OUTLIER_KEYS)
         elif name.startswith(_BACKEND_PREFIX):
             backend_sections.append((name, items))
+        elif name.startswith(_DISCOVERY_PREFIX):
+            discovery_sections.append((name, items))
         else:
             raise ConfigError(
                 filename,
-                "unknown section; allowed: [txlb], [health], [outlier], [backend:NAME]",
+                "unknown section; allowed: [txlb], [health], [outlier],"
+                " [backend:NAME], [discovery:NAME]",
                 name,
             )
-    if not backend_sections:
+    if not backend_sections and not discovery_sections:
         raise ConfigError(
-            filename, "no backends; add at least one [backend:NAME] with an address"
+            filename,
+            "no backends; add at least one [backend:NAME] with an address, or a"
+            " [discovery:NAME]",
         )
     health_config = HealthConfig(**health)
     _check_health(filename, "health", "", health_config)
@@ -285,6 +329,10 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         _backend(filename, name, items, seen_addresses, health_config)
         for name, items in backend_sections
     ]
+    discoveries = tuple(
+        _discovery(filename, name, items, health_config)
+        for name, items in discovery_sections
+    )
     own: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {group: {} for group in _TXLB_GROUPS}
     for name, value in top.items():
@@ -293,6 +341,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     config = Config(
         filename=filename,
         backends=tuple(backends),
+        discoveries=discoveries,
         health=health_config,
         outlier=OutlierConfig(**outlier),
         **{group: _TXLB_GROUPS[group](**values) for group, values in groups.items()},
@@ -313,12 +362,16 @@ def _check_mode(config: Config) -> None:
             "mode",
         )
     if config.mode != "tcp":
-        for backend in config.backends:
+        sections = [(_BACKEND_PREFIX + b.name, b) for b in config.backends]
+        sections += [
+            (_DISCOVERY_PREFIX + d.name, d.backend) for d in config.discoveries
+        ]
+        for section, backend in sections:
             if backend.proxy_protocol != "none":
                 raise ConfigError(
                     config.filename,
                     "needs mode = tcp (HTTP mode sends X-Forwarded-For instead)",
-                    f"{_BACKEND_PREFIX}{backend.name}",
+                    section,
                     "proxy_protocol",
                 )
 
@@ -371,6 +424,71 @@ def _backend(
             "address",
         )
     seen[address] = name
+    health = _health_overrides(filename, section, values, health)
+    return BackendConfig(name=name, health=health, **values)
+
+
+def parse_backend(
+    name: str, items: Mapping[str, str], config: Config, source: str, where: str
+) -> BackendConfig:
+    """
+    One backend given as the keys of a ``[backend:NAME]`` section, checked
+    exactly as lb.ini's are (the admin API adds backends with it).
+
+    @param where: what names the input in an error, in place of a file.
+    @raise ConfigError: the same one-line error lb.ini would get.
+    """
+    section = _BACKEND_PREFIX + name
+    spec = _backend(where, section, items, {}, config.health)
+    if config.mode != "tcp" and spec.proxy_protocol != "none":
+        raise ConfigError(
+            where,
+            "needs mode = tcp (HTTP mode sends X-Forwarded-For instead)",
+            section,
+            "proxy_protocol",
+        )
+    return attrs.evolve(spec, source=source)
+
+
+_SHARED_KEYS = {name: spec for name, spec in _BACKEND_KEYS.items() if name != "address"}
+
+
+def _discovery(
+    filename: str, section: str, items: Mapping[str, str], health: HealthConfig
+) -> DiscoveryConfig:
+    name = section[len(_DISCOVERY_PREFIX) :].strip()
+    if not valid_name(name):
+        raise ConfigError(
+            filename,
+            "discovery name must be 1-64 letters, digits, '_', '.' or '-'",
+            section,
+        )
+
+    def fail(key: str, why: str) -> ConfigError:
+        return ConfigError(filename, why, section, key)
+
+    common, typed, rest = read_section(items, _SHARED_KEYS, fail)
+    values = _read(filename, section, rest, _SHARED_KEYS)
+    backend = BackendConfig(
+        name="",
+        address=Address("", 0),
+        source=f"{common.type}:{name}",
+        health=_health_overrides(filename, section, values, health),
+        **values,
+    )
+    return DiscoveryConfig(
+        name=name,
+        common=common,
+        backend=backend,
+        dns=typed if isinstance(typed, DNSConfig) else None,
+        ec2=typed if isinstance(typed, EC2Config) else None,
+    )
+
+
+def _health_overrides(
+    filename: str, section: str, values: dict[str, Any], health: HealthConfig
+) -> HealthConfig:
+    """Take the C{health_KEY} values out of C{values}, applied to C{health}."""
     overrides = {
         key[len(_HEALTH_OVERRIDE) :]: values.pop(key)
         for key in list(values)
@@ -379,7 +497,7 @@ def _backend(
     if overrides:
         health = attrs.evolve(health, **overrides)
         _check_health(filename, section, _HEALTH_OVERRIDE, health)
-    return BackendConfig(name=name, health=health, **values)
+    return health
 
 
 def load(path: str) -> Config:

@@ -133,10 +133,14 @@ def positive_size(text: str) -> int:
 
 
 def processes(text: str) -> int:
-    """A number of processes, 1 to 256, or C{auto}: one per CPU."""
+    """
+    A number of processes, 1 to 256, or C{auto}: one per CPU this process
+    may run on (its affinity, as nginx's C{worker_processes auto} counts).
+    """
     value = text.strip()
     if value == "auto":
-        return max(1, min(256, os.cpu_count() or 1))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        return max(1, min(256, cpus or os.cpu_count() or 1))
     count = int(value)
     if not 1 <= count <= 256:
         raise ValueError(text)

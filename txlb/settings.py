@@ -123,6 +123,12 @@ class BalancingConfig:
         " for a backend below its max_connections",
     )
     queue_timeout: float = key(5.0, schema.positive_duration, POSITIVE_DURATION)
+    drain_timeout: float = key(
+        300.0,
+        schema.parse_duration,
+        "0 (wait until idle) or " + DURATION + "; a removed backend still busy"
+        " after it is dropped and its connections closed",
+    )
 
 
 @attrs.frozen

@@ -23,6 +23,9 @@ from twisted.web.server import Site
 from txlb import __version__
 from txlb.config import Config, ConfigError, load
 from txlb.core.registry import Registry
+from txlb.discovery.manager import Discoveries
+from txlb.discovery.metrics import DiscoveryCollector
+from txlb.discovery.sources import RealSources, check, checked_load
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
@@ -51,8 +54,9 @@ class Options(usage.Options):
     synopsis = "--config lb.ini [--check]"
     longdesc = (
         "Run the txlb load balancer. Everything about balancing is set in the "
-        "INI file given by --config (sections [txlb], [health] and one "
-        "[backend:NAME] per backend; README.md lists every key). A wrong file "
+        "INI file given by --config (sections [txlb], [health], one "
+        "[backend:NAME] per backend and [discovery:NAME] for backends found in "
+        "DNS or EC2; README.md lists every key). A wrong file "
         "stops start-up with one line naming the file, section, key and what "
         "is allowed, before any port is bound."
     )
@@ -90,6 +94,8 @@ def check_config(path: str) -> Config:
         allowed.
     """
     config = load(path)
+    # What the discovery sections need of the machine (boto3, a region).
+    check(config)
     from twisted.internet import reactor
 
     _endpoints(reactor, config)
@@ -165,7 +171,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     access_log = _access_log(config, reactor)
     app = _stats_app(config, registry, reactor)
     Sampler(app.stats, reactor).setServiceParent(top)
-    reloader = Reloader(config, registry)
+    # Backends found in DNS or EC2, each section on its own timer (in the
+    # supervisor when there are workers: its registry tells theirs).
+    sources = RealSources(reactor)
+    discoveries = Discoveries(registry, reactor, sources, config.discoveries)
+    app.stats.discovery = discoveries.status
+    app.metrics.prometheus.register(DiscoveryCollector(registry, discoveries))
+    reloader = Reloader(config, registry, discoveries=discoveries, load=checked_load)
     if config.workers > 1:
         if access_log is not None:
             access_log.close()  # checked; every worker writes its own lines
@@ -181,6 +193,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         TCPProbe(reactor),
         reactor,
     ).setServiceParent(top)
+    sources.setServiceParent(top)
+    discoveries.setServiceParent(top)
     # SIGHUP re-reads the same file.
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
@@ -269,6 +283,7 @@ def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:
         assets=assets,
         admin_token=admin_token,
         events_rate=config.observe.events_rate,
+        config=config,
     )
 
 

@@ -284,7 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
-    // Panels in their own files (workers.js ...) draw from the same snapshot.
+    // Panels in their own files (discovery.js, workers.js ...) draw from the
+    // same snapshot.
     document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 
@@ -371,6 +372,8 @@
       cells[p] = el("td", "num");
       tr.append(cells[p]);
     }
+    cells.source = el("td", "source", b.source || "static");
+    tr.append(cells.source);
     const stripCell = el("td");
     cells.strip = el("div", "strip");
     stripCell.append(cells.strip);
@@ -449,7 +452,7 @@
   function updateTable(snap) {
     const tbody = $("backends").tBodies[0];
     const filter = state.filter;
-    let list = snap.backends.filter((b) => !filter || b.name.toLowerCase().includes(filter) || b.address.toLowerCase().includes(filter));
+    let list = snap.backends.filter((b) => !filter || b.name.toLowerCase().includes(filter) || b.address.toLowerCase().includes(filter) || (b.source || "").toLowerCase().includes(filter));
     if (state.sort.key) {
       const { key, dir } = state.sort;
       list = list.slice().sort((a, b) => {
@@ -469,6 +472,7 @@
       const c = row.cells;
       c.state.className = `pill ${b.state}`;
       setText(c.state, b.state);
+      setText(c.source, b.source || "static");
       row.tr.className = b.state === "draining" ? "is-draining" : b.healthy ? "" : "is-unhealthy";
       // "3 / 4" when the backend has a max_connections, "3" when unlimited.
       const limit = b.max_connections || 0;

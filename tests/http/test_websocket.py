@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import Backend, Client, Harness
@@ -175,6 +177,22 @@ class SwitchedTests(SynchronousTestCase):
         t.backend.transport.loseConnection()
         self.assertFalse(t.client.transport.connected)
         self.assertEqual(h.active(), [0, 0])
+
+    def test_backend_reset_is_a_failure(self) -> None:
+        """A backend that resets the tunnel while the client is connected
+        fails it (towards passive ejection); one that closes it does not."""
+        h = Harness(backends=1)
+        t = Tunnel(h)
+        Tunnel.side(t.backend).connectionLost(Failure(ConnectionLost("reset")))
+        if t.client.transport.connected:
+            Tunnel.side(t.client).connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.active(), [0])
+        backend = h.registry.backends[0]
+        self.assertEqual((backend.failures, backend.consecutive_failures), (1, 1))
+        t = Tunnel(h)
+        t.backend.transport.loseConnection()
+        self.assertEqual(backend.failures, 1)
+        self.assertEqual(backend.consecutive_failures, 0)
 
     def test_no_backend_timeout_then_idle_timeout(self) -> None:
         """backend_timeout no longer applies after the switch; idle_timeout

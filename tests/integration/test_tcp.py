@@ -290,3 +290,67 @@ def test_idle_timeout(
         assert sock.recv(10) == b""
         assert 0.4 < time.monotonic() - start < 5
     lb.wait_idle()
+
+
+class Resetter:
+    """A backend that reads a request, then resets the connection (RST)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.resets = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    if not conn.recv(100):
+                        continue  # a health check's connect
+                except OSError:
+                    continue
+                linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.resets += 1
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_backend_reset_ejects(
+    echo: Callable[[], int], tcp_balancer: Callable[..., TCPBalancer]
+) -> None:
+    """A backend that resets connections mid-stream is ejected after
+    consecutive_failures of them (HAProxy's observe layer4): each of its
+    clients is closed, and the next clients all go to the good backend."""
+    resetter = Resetter()
+    try:
+        lb = tcp_balancer(
+            [("echo", echo()), ("resetter", resetter.port)],
+            extra="[outlier]\nconsecutive_failures = 3",
+        )
+        outcomes = []
+        for _ in range(8):
+            with lb.connect() as sock:
+                sock.sendall(b"hello")
+                try:
+                    outcomes.append(sock.recv(100))
+                except ConnectionResetError:
+                    outcomes.append(b"reset")
+        assert resetter.resets == 3
+        assert outcomes.count(b"hello") == 5
+        lb.wait_idle()
+        assert lb.by_name("failures") == {"echo": 0, "resetter": 3}
+        assert lb.by_name("state") == {"echo": "healthy", "resetter": "ejected"}
+        for _ in range(5):
+            with lb.connect() as sock:
+                assert roundtrip(sock, b"again") == b"again"
+        assert resetter.resets == 3
+    finally:
+        resetter.close()

@@ -130,11 +130,13 @@ class StatsTests(SynchronousTestCase):
                 "uptime",
                 "window_seconds",
                 "clients",
+                "discovery",
                 "backends",
                 "totals",
             },
         )
         self.assertEqual(snapshot["clients"], {})  # no front end wired
+        self.assertEqual(snapshot["discovery"], [])  # no discovery wired
         stats.clients = lambda: {"connections": 3, "refused": 1, "rejected": 2}
         self.assertEqual(stats.snapshot()["clients"]["refused"], 1)
         self.assertEqual(
@@ -143,6 +145,7 @@ class StatsTests(SynchronousTestCase):
                 "name",
                 "address",
                 "source",
+                "priority",
                 "healthy",
                 "state",
                 "draining",

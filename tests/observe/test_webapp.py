@@ -109,6 +109,7 @@ class ServerStatsTests(_Case):
                 "name": "web1",
                 "address": "127.0.0.1:9001",
                 "source": "static",
+                "priority": 0,
                 "healthy": True,
                 "state": "healthy",
                 "draining": False,

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
@@ -313,6 +317,47 @@ class CloseTests(SynchronousTestCase):
         client.proto.connectionLost(Failure(ConnectionRefusedError()))
         self.assertEqual(h.active(), [0, 0])
         self.assertEqual(h.registry.backends[0].failures, 0)
+
+    def test_backend_reset_is_a_failure(self) -> None:
+        """A backend that resets a relayed connection mid-stream fails it:
+        counted towards passive ejection (HAProxy's observe layer4), the
+        client closed, the lease released once; the stats, which counted
+        the connection when it began, are not told twice."""
+        h = Harness(extra="[outlier]\nconsecutive_failures = 2")
+        for _ in range(4):  # b0, b1, b0 (ejected), b1 (not: half are out)
+            client = h.client()
+            backend = h.accept()
+            client.send(b"request")
+            backend.proto.connectionLost(Failure(ConnectionLost("reset by peer")))
+            self.assertTrue(client.transport.disconnecting)
+            client.proto.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(h.active(), [0, 0])
+        self.assertEqual(h.failures(), [2, 2])
+        self.assertEqual([b.ejected for b in h.registry.backends], [True, False])
+        self.assertEqual(h.observed, [("b0", 200), ("b1", 200)] * 2)
+
+    def test_closes_are_not_failures(self) -> None:
+        """A backend's clean close, a connection the client ended first (the
+        backend's end then cannot be told from a reset) and an idle close
+        fail nothing, and a good connection ends a run of failures."""
+        h = Harness(backends=1, extra="[outlier]\nconsecutive_failures = 2")
+        b0 = h.registry.backends[0]
+        client = h.client()
+        backend = h.accept()
+        backend.proto.connectionLost(Failure(ConnectionLost("reset by peer")))
+        client.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(b0.consecutive_failures, 1)
+        client = h.client()
+        backend = h.accept()
+        client.proto.connectionLost(Failure(ConnectionLost("client went")))
+        backend.proto.connectionLost(Failure(ConnectionLost("after the client")))
+        self.assertEqual((b0.failures, b0.consecutive_failures), (1, 0))
+        client = h.client()
+        backend = h.accept()
+        backend.proto.connectionLost(Failure(ConnectionDone()))
+        client.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(b0.failures, 1)
+        self.assertFalse(b0.ejected)
 
     def test_idle_timeout(self) -> None:
         """A connection with no traffic for idle_timeout is closed and its

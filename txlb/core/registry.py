@@ -15,14 +15,17 @@ happens here; time comes from an injected clock.
 A backend with C{max_connections} is no candidate while that many leases are
 out on it; when every backend a request could use is full, the request waits
 in the queue (L{txlb.core.queue}).  A removed backend drains first: no new
-requests, those in flight finish, then it is gone.
+requests, those in flight finish, then it is gone; one still busy after
+C{drain_timeout} is dropped all the same, and its listeners close what is
+left on it.  A backend added after start-up enters slowly (C{slow_start})
+once it is in rotation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Iterable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txlb.config import BackendConfig, BalancingConfig, Config, OutlierConfig
@@ -142,6 +145,12 @@ class Registry(BackendStates):
         self.outcomes: IOutcomes | None = None
         # A replica (a worker process) logs nothing: its supervisor does.
         self.quiet = False
+        self.drain_timeout = balancing.drain_timeout
+        self._drains: dict[Backend, IDelayedCall] = {}
+        # Added after start-up: slow start from its first moment in rotation.
+        self._joining: set[Backend] = set()
+        # What apply() warned of, per source: each conflict is told once.
+        self._conflicts: dict[str, set[tuple[str, str]]] = {}
         self.queue = BackendQueue(
             self, clock, balancing.queue_size, balancing.queue_timeout
         )
@@ -151,7 +160,7 @@ class Registry(BackendStates):
         """The registry of a configuration, with its lb.ini backends."""
         registry = cls(config.balancing, config.outlier, clock)
         for spec in config.backends:
-            registry.add(spec, "configured")
+            registry.add(spec, "configured", joining=False)
         return registry
 
     # --- picking ----------------------------------------------------------------
@@ -228,12 +237,15 @@ class Registry(BackendStates):
                 return backend
         return None
 
-    def add(self, spec: BackendConfig, cause: str) -> Backend:
+    def add(self, spec: BackendConfig, cause: str, joining: bool = True) -> Backend:
         """
         Add a backend, after the others.  It starts as configured
         (C{initial_state}), and at the current virtual time, so round robin
         does not send it a burst to catch up.
 
+        @param joining: it joins a running balancer (not its configuration
+            at start-up), so with C{slow_start} it ramps up from its first
+            moment in rotation, as a backend coming back does.
         @raise MembershipError: a backend has that name or address already.
         """
         taken = self.find(spec)
@@ -250,6 +262,11 @@ class Registry(BackendStates):
             listener.backend_added(backend)
         self.backends.append(backend)
         self._by_name[backend.name] = backend
+        if joining and backend.slow_start > 0:
+            if backend.healthy:
+                self._start_ramp(backend)
+            else:
+                self._joining.add(backend)
         self._changed(
             backend, cause + ("" if backend.probed else "; waiting for a probe")
         )
@@ -265,6 +282,9 @@ class Registry(BackendStates):
         old = backend.spec
         if backend.leaving:
             backend.leaving = False
+            timer = self._drains.pop(backend, None)
+            if timer is not None:
+                timer.cancel()
             self.set_draining(backend, False, f"back ({cause})")
         if spec == old:
             return
@@ -273,13 +293,19 @@ class Registry(BackendStates):
             self.set_weight(backend, spec.weight, cause)
         if spec.max_connections != old.max_connections:
             self.set_max_connections(backend, spec.max_connections, cause)
+        if spec.priority != old.priority:
+            self._changed(
+                backend, f"priority {old.priority} -> {spec.priority}: {cause}"
+            )
         for listener in self._listeners:
             listener.backend_changed(backend, old)
 
     def remove(self, backend: Backend, cause: str) -> None:
         """
         Take C{backend} out: it drains (no new requests; those in flight
-        finish) and is then forgotten, its listeners told.
+        finish) and is then forgotten, its listeners told.  If it is still
+        busy after C{drain_timeout} (unless 0), it is forgotten then, and
+        its listeners close what is left on it.
         """
         if self._by_name.get(backend.name) is not backend or backend.leaving:
             return
@@ -290,6 +316,19 @@ class Registry(BackendStates):
             self.set_draining(backend, True, f"{cause}: draining")
         if not backend.active and not backend.siblings:
             self._forget(backend)
+        elif self.drain_timeout > 0:
+            self._drains[backend] = self._clock.callLater(
+                self.drain_timeout, self._drain_expired, backend
+            )
+
+    def _drain_expired(self, backend: Backend) -> None:
+        del self._drains[backend]
+        self._changed(
+            backend,
+            f"still {backend.active + backend.siblings} in flight after"
+            f" drain_timeout {self.drain_timeout:g}s: closing them",
+        )
+        self._forget(backend)
 
     def sweep(self) -> None:
         """
@@ -308,9 +347,12 @@ class Registry(BackendStates):
         """
         Make C{source}'s backends exactly C{specs}: add the new ones, update
         the changed ones, remove the others.  A spec whose name or address
-        another source's backend holds is passed over, with a warning.
+        another source's backend holds is passed over, with a warning (once
+        while that conflict lasts, however often the source answers).
         """
         wanted = {spec.name: spec for spec in specs}
+        warned = self._conflicts.get(source, set())
+        conflicts: set[tuple[str, str]] = set()
         for backend in list(self.backends):
             if backend.source == source and backend.name not in wanted:
                 self.remove(backend, f"removed by {cause}")
@@ -318,9 +360,15 @@ class Registry(BackendStates):
             found = self.find(spec)
             if found is None:
                 self.add(spec, f"added by {cause}")
-            elif found.source == source and found.address == spec.address:
+                continue
+            if found.source == source and found.address == spec.address:
                 self.update(found, spec, cause)
-            elif found.source == source and backend.name == spec.name:
+                continue
+            conflict = (spec.name, str(spec.address))
+            conflicts.add(conflict)
+            if conflict in warned:
+                continue
+            if found.source == source and found.name == spec.name:
                 self.log.warn(
                     "{cause}: backend {backend} moved from {old} to {new}, which"
                     " takes a restart (or a new backend name); it stays at {old}",
@@ -347,6 +395,10 @@ class Registry(BackendStates):
                     taken=str(found.address),
                     source=found.source,
                 )
+        if conflicts:
+            self._conflicts[source] = conflicts
+        else:
+            self._conflicts.pop(source, None)
 
     def _forget(self, backend: Backend) -> None:
         """A leaving backend drained: drop it and tell the listeners."""
@@ -354,6 +406,10 @@ class Registry(BackendStates):
             return
         self.backends.remove(backend)
         del self._by_name[backend.name]
+        timer = self._drains.pop(backend, None)
+        if timer is not None:
+            timer.cancel()
+        self._joining.discard(backend)
         if backend.max_connections:
             self.selector.limited -= 1
         self._ramps.stop(backend)

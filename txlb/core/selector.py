@@ -178,6 +178,12 @@ class Selector:
                 total=len(eligible),
                 threshold=self._panic_threshold,
             )
+        if not panic and available:
+            # RFC 2782: a lower priority only while none of a better one is
+            # in rotation (SRV records set it; otherwise all are 0).
+            best = min(b.spec.priority for b in available)
+            if any(b.spec.priority != best for b in available):
+                available = [b for b in available if b.spec.priority == best]
         self.available = eligible if panic else available
         index = self.index
         self.indexed = index is not None and len(self.available) > INDEX_ABOVE

@@ -50,6 +50,7 @@ class BackendStates:
     _ramps: Ramps
     _listeners: list[IBackendListener]
     _by_name: dict[str, Backend]
+    _joining: set[Backend]
 
     # --- state ------------------------------------------------------------------
 
@@ -60,7 +61,8 @@ class BackendStates:
         """
         if backend.healthy == healthy and backend.probed:
             return
-        recovering = healthy and backend.probed
+        recovering = healthy and (backend.probed or backend in self._joining)
+        self._joining.discard(backend)
         backend.healthy = healthy
         backend.probed = True
         if recovering:

@@ -82,6 +82,7 @@ class HealthChecker(Service, BackendListener):
     ) -> HealthChecker:
         intervals = [config.health.interval]
         intervals += [b.health.interval for b in config.backends]
+        intervals += [d.backend.health.interval for d in config.discoveries]
         return cls(registry, http_probe, tcp_probe, clock, min(intervals))
 
     def backend_added(self, backend: Backend) -> None:

@@ -40,7 +40,12 @@ __all__ = ["Exchange"]
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # How a failed exchange is described in the backend's ejection cause.
-_FAILURES = {499: "", 502: "bad response", 504: "timed out"}
+_FAILURES = {
+    101: "the tunnel broke mid-stream",  # (failed only if the backend broke it)
+    499: "",
+    502: "bad response",
+    504: "timed out",
+}
 
 
 @implementer(IPushProducer)
@@ -370,7 +375,7 @@ class Exchange:
 
     def _tunnel_ended(self, relay: Relay, why: str) -> None:
         self.bytes_sent = relay.bytes_down
-        self._end(failed=False, status=101)
+        self._end(failed=relay.backend_failed, status=101)
 
     # --- endings -----------------------------------------------------------------
 

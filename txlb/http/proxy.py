@@ -106,7 +106,8 @@ class HTTPProxy(BackendListener):
         )
 
     def backend_removed(self, backend: Backend) -> None:
-        backend.pool.close()
+        """Close its connections (any still busy: its drain timed out)."""
+        backend.pool.abort()
 
     def why_not_retry(self, tried: int, budgeted: bool) -> str:
         """

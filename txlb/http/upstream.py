@@ -15,6 +15,7 @@ answer, and kept on one timer for the connection's successive requests
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -177,6 +178,7 @@ class BackendConnection(Protocol):
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        self.pool.opened(self)
         attempt, self.connected_by = self.connected_by, None
         if attempt is not None:
             attempt.made(self)
@@ -290,6 +292,7 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         reason, headers = switching
+        self.pool.upgraded(self)
         sink.upstream_upgraded(reason, headers, rest)
 
     def _fail(self, why: str) -> None:
@@ -341,6 +344,10 @@ class BackendPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[BackendConnection] = []
+        # Every open connection (idle or busy), and the transports of those
+        # handed to a tunnel (101), for abort().
+        self._open: set[BackendConnection] = set()
+        self._tunnels: weakref.WeakSet[object] = weakref.WeakSet()
         self._closed = False
 
     @property
@@ -380,8 +387,17 @@ class BackendPool:
         else:
             self._idle.append(connection)
 
+    def opened(self, connection: BackendConnection) -> None:
+        self._open.add(connection)
+
+    def upgraded(self, connection: BackendConnection) -> None:
+        """C{connection} now carries a tunnel: no longer the pool's."""
+        self._open.discard(connection)
+        self._tunnels.add(connection.transport)
+
     def lost(self, connection: BackendConnection) -> None:
         """A connection closed; forget it if it was idle."""
+        self._open.discard(connection)
         try:
             self._idle.remove(connection)
         except ValueError:
@@ -393,3 +409,17 @@ class BackendPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """
+        Close every connection at once, busy ones and tunnels too (the
+        backend was dropped: see C{drain_timeout}); their exchanges fail as
+        if the backend had closed them.
+        """
+        busy = self._open.difference(self._idle)
+        self.close()
+        for connection in busy:
+            if connection.transport is not None:
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
+        for transport in list(self._tunnels):
+            transport.abortConnection()  # type: ignore[attr-defined]

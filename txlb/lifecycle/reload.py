@@ -9,7 +9,11 @@ health settings, PROXY protocol).  The queue's size and timeout apply to
 requests that start waiting from then on.  Every other key keeps its running
 value, and the reload names each changed one as needing a restart.  A file
 that does not parse is rejected and the running configuration stays.
-Backends from other sources (discovery, the admin API) are not touched.
+Backends from the admin API are not touched; the discovery sections are
+kept, started, restarted or stopped section by section
+(L{txlb.discovery.manager.Discoveries.configure}), each keeping the set it
+found until its source answers again.  C{drain_timeout} applies to
+backends removed from then on.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from twisted.logger import Logger
 
 from txlb.config import Config, ConfigError, load, txlb_keys
 from txlb.core.registry import Registry
+from txlb.discovery.manager import Discoveries
 from txlb.schema import keys_of
 
 __all__ = ["Reloader", "changed_keys"]
 
 # The keys a reload applies (with the backends); any other needs a restart.
-_RELOADABLE = frozenset({"[txlb] queue_size", "[txlb] queue_timeout"})
+_RELOADABLE = frozenset(
+    {"[txlb] queue_size", "[txlb] queue_timeout", "[txlb] drain_timeout"}
+)
 
 
 def _values(config: Config) -> Iterator[tuple[str, Any]]:
@@ -56,6 +63,8 @@ class Reloader:
 
     _config: Config
     _registry: Registry
+    _discoveries: Discoveries | None = None
+    _load: Callable[[str], Config] = load
     # Told of each configuration applied (the workers' supervisor).
     after: list[Callable[[Config], None]] = attrs.field(factory=list)
     log = Logger()
@@ -65,14 +74,14 @@ class Reloader:
         """The configuration in force."""
         return self._config
 
-    def reload(self, path: str, load: Callable[[str], Config] = load) -> bool:
+    def reload(self, path: str, load: Callable[[str], Config] | None = None) -> bool:
         """
         Read the configuration at C{path} again and apply it.
 
         @return: whether the file was valid (and applied).
         """
         try:
-            config = load(path)
+            config = (load or self._load)(path)
         except ConfigError as e:
             self.log.error(
                 "reload rejected; the running configuration stays: {error}",
@@ -98,18 +107,30 @@ class Reloader:
             old.balancing,
             queue_size=new.balancing.queue_size,
             queue_timeout=new.balancing.queue_timeout,
+            drain_timeout=new.balancing.drain_timeout,
         )
         if balancing != old.balancing:
             registry.queue.configure(balancing.queue_size, balancing.queue_timeout)
+            registry.drain_timeout = balancing.drain_timeout
         before = {b.name for b in old.backends}
         after = {b.name for b in new.backends}
         registry.apply("static", new.backends, "reload")
-        self._config = attrs.evolve(old, backends=new.backends, balancing=balancing)
+        sections: list[str] = []
+        if self._discoveries is not None:
+            sections = self._discoveries.configure(new.discoveries)
+        self._config = attrs.evolve(
+            old,
+            backends=new.backends,
+            discoveries=new.discoveries,
+            balancing=balancing,
+        )
         for hook in self.after:
             hook(self._config)
         self.log.info(
-            "reload: {count} backends configured ({added} added, {removed} removed)",
+            "reload: {count} backends configured ({added} added, {removed}"
+            " removed){sections}",
             count=len(new.backends),
             added=len(after - before),
             removed=len(before - after),
+            sections="; " + ", ".join(sections) if sections else "",
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -149,6 +150,9 @@ class Relay:
 
     @ivar bytes_up: bytes relayed from the client to the backend.
     @ivar bytes_down: bytes relayed from the backend to the client.
+    @ivar backend_failed: the backend's connection broke (reset, or an
+        error) while the client's was still open: a failure of the backend,
+        as HAProxy's C{observe layer4} counts it.
     """
 
     log = Logger()
@@ -178,6 +182,7 @@ class Relay:
         self.backend: Side | None = None
         self.bytes_up = 0
         self.bytes_down = 0
+        self.backend_failed = False
         self._timer: IDelayedCall | None = None
         self._last = 0.0
         self._why = ""
@@ -275,6 +280,13 @@ class Relay:
         side.gone = True
         side.reading = False
         _stop_feeding(side)
+        if (
+            side is self.backend
+            and not self._aborting
+            and not self.client.gone  # type: ignore[union-attr]
+            and not reason.check(ConnectionDone)
+        ):
+            self.backend_failed = True
         if not self._why:
             who = "client" if side is self.client else "backend"
             self._why = f"{who} closed" + _why(reason)

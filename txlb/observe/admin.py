@@ -9,15 +9,16 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from txlb.config import Config, ConfigError, parse_backend
 from txlb.core.backend import Backend
-from txlb.core.registry import MAX_WEIGHT, Registry
+from txlb.core.registry import MAX_WEIGHT, MembershipError, Registry
 from txlb.observe.jsonout import json_answer
 
 __all__ = ["Admin", "AdminTokenError", "read_admin_token"]
@@ -27,6 +28,8 @@ _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _MIN_TOKEN_LENGTH = 16
 _MAX_BODY = 4096
+_WHERE = "POST /api/backends"
+_EXAMPLE = '{"name": "web4", "address": "10.0.0.4:8080", "weight": 2}'
 
 
 class AdminTokenError(Exception):
@@ -73,6 +76,7 @@ class Admin:
     # Kept out of repr: the stats app is every event's log_source, and an
     # observer that shows the source would print the token.
     token: bytes | None = attrs.field(default=None, repr=False)
+    config: Config = attrs.field(factory=lambda: Config("lb.ini", ()), repr=False)
     log = Logger()
 
     @property
@@ -125,6 +129,82 @@ class Admin:
             checked=True,
         )
 
+    def add(self, request: IRequest) -> bytes:
+        """
+        Add a backend (source C{admin}) from a JSON object of lb.ini's
+        ``[backend:NAME]`` keys and its C{name}, checked exactly as lb.ini
+        is: 201, 400 (with lb.ini's one-line error) or 409 (name or
+        address in use).
+        """
+        denied = self.deny(request)
+        if denied is not None:
+            return denied
+        body = request.content.read(_MAX_BODY + 1)
+        try:
+            given = json.loads(body) if len(body) <= _MAX_BODY else None
+        except ValueError:
+            given = None
+        if not isinstance(given, dict):
+            return json_answer(
+                request, {"error": f"{_WHERE}: expected a JSON object: {_EXAMPLE}"}, 400
+            )
+        name = given.pop("name", None)
+        if not isinstance(name, str):
+            return json_answer(
+                request,
+                {"error": f"{_WHERE}: name: missing; expected e.g. {_EXAMPLE}"},
+                400,
+            )
+        try:
+            spec = parse_backend(
+                name, _as_ini(name, given), self.config, "admin", _WHERE
+            )
+        except ConfigError as e:
+            return json_answer(request, {"error": str(e)}, 400)
+        who = who_asked(request)
+        try:
+            backend = self.registry.add(spec, f"added by {who}")
+        except MembershipError as e:
+            return json_answer(
+                request, {"error": f"backend {name} not added: {e}"}, 409
+            )
+        self.log.info(
+            "admin add of backend {backend} at {address} by {who}",
+            backend=name,
+            address=str(spec.address),
+            who=who,
+        )
+        return json_answer(request, self.describe(backend), 201)
+
+    def delete(self, request: IRequest, name: str) -> bytes:
+        """
+        Take out a backend the admin API added: it drains (no new requests;
+        those in flight finish), then it is gone: 202.
+        """
+        denied = self.deny(request)
+        if denied is not None:
+            return denied
+        try:
+            backend = self.registry.get(name)
+        except KeyError:
+            return json_answer(request, {"error": f"no backend is named {name!r}"}, 404)
+        if backend.source != "admin":
+            return json_answer(
+                request,
+                {
+                    "error": f"backend {name} comes from {backend.source}, which"
+                    " would bring it back: remove it there, or drain it"
+                    f" (POST /api/backends/{name}/drain)"
+                },
+                409,
+            )
+        who = who_asked(request)
+        self.registry.remove(backend, f"removed by {who}")
+        self.log.info(
+            "admin delete of backend {backend} by {who}", backend=name, who=who
+        )
+        return json_answer(request, self.describe(backend), 202)
+
     def deny(self, request: IRequest) -> bytes | None:
         """An error answer unless the request carries the admin token."""
         token = self.token
@@ -171,6 +251,21 @@ class Admin:
             who=who,
         )
         return json_answer(request, self.describe(backend))
+
+
+def _as_ini(name: str, given: Mapping[str, Any]) -> dict[str, str]:
+    """A JSON object's values as lb.ini text (strings and numbers only)."""
+    items = {}
+    for key, value in given.items():
+        if isinstance(value, str):
+            items[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            items[key] = repr(value)
+        else:
+            raise ConfigError(
+                _WHERE, "expected a string or a number", f"backend:{name}", str(key)
+            )
+    return items
 
 
 def who_asked(request: IRequest) -> str:

@@ -166,6 +166,8 @@ class Stats(BackendListener):
         self._total = Series()
         # The front end's own counters (open, refused, rejected), when wired.
         self.clients: Callable[[], dict[str, int]] | None = None
+        # Each discovery section's status (txlb.discovery), when wired.
+        self.discovery: Callable[[], list[dict[str, Any]]] | None = None
         # Each worker process's figures (workers = N), when wired.
         self.workers: Callable[[], list[dict[str, Any]]] | None = None
         # Brings counts kept elsewhere up to date before a snapshot.
@@ -202,10 +204,12 @@ class Stats(BackendListener):
         total_count, total_errors, total_span = self._total.window(now, self._started)
         backends = [self._entry(b, now, total_count) for b in registry.backends]
         clients = self.clients
+        discovery = self.discovery
         return {
             "time": now,
             "algorithm": registry.algorithm,
             "clients": clients() if clients is not None else {},
+            "discovery": discovery() if discovery is not None else [],
             **({"workers": self.workers()} if self.workers is not None else {}),
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},

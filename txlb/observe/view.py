@@ -22,6 +22,7 @@ def describe(b: Backend) -> dict[str, Any]:
         "name": b.name,
         "address": str(b.address),
         "source": b.source,
+        "priority": b.spec.priority,
         "healthy": b.healthy,
         "state": b.state,
         "draining": b.draining,

@@ -13,7 +13,9 @@ script, and the API answers C{Cache-Control: no-store}):
   - C{GET /api/decisions?limit=N}: the latest balancing decisions, explained.
   - C{GET /api/admin}: whether admin actions are on.
   - C{POST /api/backends/NAME/drain}, C{.../enable}, C{.../weight} (JSON body
-    C{{"weight": 2}}): admin actions (L{txlb.observe.admin}), with
+    C{{"weight": 2}}), C{POST /api/backends} (a JSON object of lb.ini's
+    backend keys and C{name}: add one), C{DELETE /api/backends/NAME} (take
+    out one the admin added): admin actions (L{txlb.observe.admin}), with
     C{Authorization: Bearer TOKEN}.
   - C{GET /metrics}: Prometheus exposition.
   - C{GET /dashboard/}: the dashboard (files of C{web/}, loaded at start).
@@ -34,6 +36,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
+from txlb.config import Config
 from txlb.core.backend import Backend
 from txlb.core.decisions import RATE as DECISION_RATE
 from txlb.core.decisions import SIZE as DECISION_SIZE
@@ -99,6 +102,9 @@ class StatsApp:
     events_rate: float = 2.0
     # Where the decisions are when worker processes make them (workers = N).
     decisions_source: Callable[[int], Deferred[list[dict[str, Any]]]] | None = None
+    # The running configuration: backends added through the admin API are
+    # checked against it, as lb.ini's are.
+    config: Config | None = attrs.field(default=None, repr=False)
     _events: EventStream = attrs.field(init=False)
     _admin: Admin = attrs.field(init=False)
     app = Klein()
@@ -115,6 +121,8 @@ class StatsApp:
     def __attrs_post_init__(self) -> None:
         self._events = EventStream(self.stats.snapshot, self.clock, self.events_rate)
         self._admin = Admin(self.registry, self.stats.entry, self.admin_token)
+        if self.config is not None:
+            self._admin.config = self.config
 
     def observe(self, backend: Backend, status: int, seconds: float) -> None:
         """The proxy's per-request hook: feeds the stats and the metrics."""
@@ -188,6 +196,14 @@ class StatsApp:
     def admin(self, request: IRequest) -> bytes:
         """Whether admin actions are configured (no token needed to ask)."""
         return json_answer(request, {"enabled": self._admin.enabled})
+
+    @app.route("/api/backends", methods=["POST"])
+    def add_backend(self, request: IRequest) -> bytes:
+        return self._admin.add(request)
+
+    @app.route("/api/backends/<name>", methods=["DELETE"])
+    def delete_backend(self, request: IRequest, name: str) -> bytes:
+        return self._admin.delete(request, name)
 
     @app.route("/api/backends/<name>/drain", methods=["POST"])
     def drain(self, request: IRequest, name: str) -> bytes:

@@ -12,7 +12,14 @@ from html import escape
 
 __all__ = ["HOW_TO_FIX", "REQUIRED", "missing", "unavailable_page"]
 
-REQUIRED = ("index.html", "app.js", "workers.js", "style.css", "vendor/chart.umd.js")
+REQUIRED = (
+    "index.html",
+    "app.js",
+    "discovery.js",
+    "workers.js",
+    "style.css",
+    "vendor/chart.umd.js",
+)
 """The files index.html loads (the icon aside), relative to the web root."""
 
 HOW_TO_FIX = (

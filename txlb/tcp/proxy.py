@@ -28,9 +28,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txlb.config import ClientConfig, Config, ProxyConfig
 from txlb.core.backend import Backend
+from txlb.core.listeners import BackendListener, IBackendListener
 from txlb.core.queue import Refusal, Waiter
 from txlb.core.registry import Lease, Registry
 from txlb.net.admission import ClientLimit, Refuse
@@ -41,8 +43,13 @@ from txlb.tcp import proxyproto
 __all__ = ["TCPProxy", "TCPProxyFactory"]
 
 
-class TCPProxy:
-    """What every TCP-mode connection shares: registry, reactor, timeouts."""
+@implementer(IBackendListener)
+class TCPProxy(BackendListener):
+    """
+    What every TCP-mode connection shares: registry, reactor, timeouts.  As
+    a registry listener it closes the connections still on a backend that
+    is dropped (its drain timed out).
+    """
 
     log = Logger()
 
@@ -73,6 +80,19 @@ class TCPProxy:
         self.rejected = 0  # nothing is parsed in TCP mode, so nothing rejected
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
+        registry.subscribe(self)
+
+    def backend_removed(self, backend: Backend) -> None:
+        if not backend.active:
+            return
+        for client in list(self.connections):
+            lease = client.lease
+            if lease is None or lease.backend is not backend:
+                continue
+            if client.relay is not None:
+                client.relay.abort("backend removed")
+            elif client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
 
     @classmethod
     def from_config(
@@ -251,8 +271,15 @@ class _Client(Side):
         relay.join(self, backend)
 
     def _ended(self, relay: Relay, why: str) -> None:
-        # No log event per connection: twistd would write every one.
-        self._release(failed=False)
+        # No log event per connection (twistd would write every one); a
+        # backend that broke the connection is a failure for passive
+        # ejection, but the stats counted this connection when it began.
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            if relay.backend_failed:
+                lease.release(failed=True, why=f"connection broken mid-stream ({why})")
+            else:
+                lease.release()
 
     def _release(self, failed: bool) -> None:
         """Give the lease back, once."""
