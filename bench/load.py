@@ -14,7 +14,7 @@ from typing import Any
 
 from procs import BenchError
 
-__all__ = ["ab", "write_wrk_scripts", "wrk"]
+__all__ = ["ab", "write_users_script", "write_wrk_scripts", "wrk"]
 
 # wrk calls done() once, after every thread stopped; thread:get copies each
 # thread's status table into the main Lua state.
@@ -58,6 +58,25 @@ function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
 """
+
+
+# Each request as one of 10,000 users (X-User), drawn at random (seeded).
+_WRK_USERS = r"""
+function init(args)
+  math.randomseed(1)
+end
+
+function request()
+  return wrk.format(nil, nil, {["X-User"] = "user-" .. math.random(10000)})
+end
+"""
+
+
+def write_users_script(workdir: Path) -> Path:
+    """The wrk script whose requests carry one of 10,000 X-User values."""
+    path = workdir / "wrk_users.lua"
+    path.write_text(_WRK_USERS + _WRK_DONE)
+    return path
 
 
 def write_wrk_scripts(workdir: Path) -> dict[bool, Path]:

@@ -64,6 +64,10 @@ LABELS = {
     "haproxy-3": "HAProxy leastconn, 3 backends (reference)",
     "nginx-1000": "nginx least_conn, 1000 backends (reference)",
     "nginx-3": "nginx least_conn, 3 backends (reference)",
+    "txlb-hash": "txlb, algorithm = hash, hash_key = header:X-User",
+    "haproxy-hash": "HAProxy balance hdr(X-User), hash-type consistent,"
+    " hash-balance-factor 125",
+    "nginx-hash": "nginx hash $http_x_user consistent",
 }
 
 SMALL_BODY = "0123456789abcdef"  # 16 bytes
@@ -181,12 +185,18 @@ def start_peer(
     tag = f"{name}{tag}"
     (port,) = ctx.ports(1)
     url = f"http://127.0.0.1:{port}"
-    if name == "nginx":
-        conf = _nginx_balancer(ctx, tag, port, backends)
+    if name in ("nginx", "nginx-hash"):
+        method = "hash $http_x_user consistent;" if name == "nginx-hash" else None
+        conf = _nginx_balancer(ctx, tag, port, backends, method or "least_conn;")
         proc = _start_nginx(ctx, tag, conf, cpu=BALANCER_CPU)
         target = Target(name, url, proc, config=conf)
-    elif name in ("haproxy", "haproxy-tcp"):
-        conf = _haproxy(port, backends, tcp=name == "haproxy-tcp")
+    elif name in ("haproxy", "haproxy-tcp", "haproxy-hash"):
+        balance = "leastconn"
+        if name == "haproxy-hash":
+            balance = (
+                "hdr(X-User)\n    hash-type consistent\n    hash-balance-factor 125"
+            )
+        conf = _haproxy(port, backends, tcp=name == "haproxy-tcp", balance=balance)
         path = ctx.workdir / f"{tag}.cfg"
         path.write_text(conf)
         proc = ctx.procs.start(tag, ["haproxy", "-db", "-f", str(path)], BALANCER_CPU)
@@ -221,7 +231,7 @@ def start_peer(
             backends,
             tcp=name == "txlb-tcp",
             health_interval=txlb_health_interval,
-            algorithm="least_time" if name == "txlb-least-time" else "least_conn",
+            algorithm=_TXLB_ALGORITHMS.get(name, "least_conn"),
             sections=txlb_sections,
             workers=txlb_workers,
         )
@@ -284,7 +294,13 @@ def _start_nginx(ctx: Context, tag: str, conf: str, cpu: int) -> Proc:
     return ctx.procs.start(tag, argv, cpu)
 
 
-def _nginx_balancer(ctx: Context, tag: str, port: int, backends: Sequence[int]) -> str:
+def _nginx_balancer(
+    ctx: Context,
+    tag: str,
+    port: int,
+    backends: Sequence[int],
+    method: str = "least_conn;",
+) -> str:
     servers = "\n".join(
         f"        server 127.0.0.1:{b} max_fails=5 fail_timeout=30s;" for b in backends
     )
@@ -293,7 +309,7 @@ def _nginx_balancer(ctx: Context, tag: str, port: int, backends: Sequence[int]) 
 http {{
     {_nginx_http_common(ctx, tag)}
     upstream pool {{
-        least_conn;
+        {method}
 {servers}
         keepalive 64;
         keepalive_requests 1000000;
@@ -313,7 +329,9 @@ http {{
 """
 
 
-def _haproxy(port: int, backends: Sequence[int], tcp: bool) -> str:
+def _haproxy(
+    port: int, backends: Sequence[int], tcp: bool, balance: str = "leastconn"
+) -> str:
     if tcp:
         mode = "    mode tcp"
         check = "check inter 2s fall 3 rise 2"
@@ -345,7 +363,7 @@ frontend fe
     default_backend be
 
 backend be
-    balance leastconn
+    balance {balance}
 {extra}{servers}
 """
 
@@ -375,6 +393,13 @@ http://127.0.0.1:{port} {{
     }}
 }}
 """
+
+
+# The txlb peers that run another algorithm than least_conn (its [txlb] lines).
+_TXLB_ALGORITHMS = {
+    "txlb-least-time": "least_time",
+    "txlb-hash": "hash\nhash_key = header:X-User",
+}
 
 
 def _txlb_ini(

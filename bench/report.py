@@ -44,6 +44,7 @@ _MEDIAN_KEYS = (
     "mean_ms",
     "lb_cpu_us_per_req",
     "error_share",
+    "us_per_pick",
 )
 
 
@@ -85,6 +86,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _txlb_name(cell_id: str) -> str:
     if cell_id.startswith("8-"):
         return "txlb-tcp"
+    if cell_id == "15-hash":
+        return "txlb-hash"
     if cell_id.startswith("6-"):
         return "txlb-1000"
     if cell_id.startswith("13-"):
@@ -362,6 +365,8 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
                 ]
             )
         return [*out, *_table(header, rows), ""]
+    if cell_id == "15-picks":
+        return [*out, *_picks_table(cell), ""]
     if cell_id == "1-c1":
         header = ["peer", "p50", "p90", "p99", "added p50 vs direct", "req/s"]
         for p in _peers(cell):
@@ -467,6 +472,29 @@ def _cell_md(results: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> lis
             "",
         ]
     return out
+
+
+def _picks_table(cell: dict[str, Any]) -> list[str]:
+    """Scenario 15: µs of CPU per pick, a row per algorithm (and compared tree)."""
+    found: dict[str, dict[str, float | None]] = {}
+    for peer, data in cell["peers"].items():
+        name, _, label = peer.partition("@")
+        algorithm, _, size = name.rpartition("-")
+        row = algorithm + (f" @{label}" if label else "")
+        found.setdefault(row, {})[size] = data.get("median", {}).get("us_per_pick")
+    rows = []
+    for row, sizes in found.items():
+        small, large = sizes.get("3"), sizes.get("1000")
+        rows.append(
+            [
+                row,
+                _f(small, "{:.2f}"),
+                _f(large, "{:.2f}"),
+                _f(_ratio(large, small), "{:.2f}x"),
+            ]
+        )
+    header = ["algorithm", "µs / pick, 3 backends", "µs / pick, 1000", "1000 ÷ 3"]
+    return _table(header, rows)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -600,6 +628,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ("8-tcp-small", "TCP mode, small, c=64", "rps", 1e3, "k req/s"),
             ("8-tcp-1mib", "TCP mode, 1 MiB, c=16", "bytes_per_s", 1e9, "GB/s"),
             ("6-selection", "txlb: 3 vs 1000 backends", "rps", 1e3, "k req/s"),
+            ("15-hash", "hash of X-User, c=64", "rps", 1e3, "k req/s"),
+            ("15-picks", "txlb: CPU per pick", "us_per_pick", 1, "µs"),
             ("7-idle", "idle connections: RSS held", "rss_held_mib", 1, "MiB"),
         )
         if cid in cells

@@ -57,6 +57,8 @@ SCENARIOS = {
     8: "TCP mode, small and 1 MiB, against HAProxy mode tcp",
     13: "discovery: 100 backends from DNS, one swapped a second, vs 100 in lb.ini",
     14: "worker processes: workers = 1, 2 (--workers), direct, behind nginx, short",
+    15: "algorithms: CPU per pick of each at 3 and 1000 backends (no sockets);"
+    " hash_key = header:X-User, 10,000 users, through the real proxy",
 }
 
 # Seconds of one run of each cell, chosen so that a full run (3 runs of every
@@ -76,6 +78,8 @@ _SECONDS = {
     "14-keepalive": 3.0,
     "14-nginx": 3.0,
     "14-short": 3.0,
+    "15-picks": 0.5,  # CPU seconds per algorithm and pool size
+    "15-hash": 3.0,
 }
 
 # Peers with no sensible place in a scenario.
@@ -292,7 +296,7 @@ class Bench:
         sc = set(self.s.scenarios)
         small: list[int] = []
         many: list[int] = []
-        if sc & {1, 2, 3, 6, 7, 8, 14}:
+        if sc & {1, 2, 3, 6, 7, 8, 14, 15}:
             small = self.ctx.ports(3)
             many = self.ctx.ports(997) if 6 in sc else []
             _log(f"nginx backends on {len(small) + len(many)} ports (CPU 1)")
@@ -311,6 +315,9 @@ class Bench:
             self.failing_group()
         if 13 in sc:
             self.churn_group()
+        if 15 in sc:
+            self.picks_group()
+            self.hash_group(small)
 
     def http_peers(self) -> list[str]:
         return [p for p in self.s.peers if p in peers.HTTP_PEERS]
@@ -781,6 +788,81 @@ class Bench:
             for p in backends:
                 self.ctx.procs.stop(p)
 
+    def picks_group(self) -> None:
+        """Scenario 15: bench/picks.py on the balancer's CPU, runs interleaved."""
+        s = self.s
+        if not any(p.startswith("txlb") for p in s.peers):
+            _log("15-picks measures txlb only: skipped (txlb not in --peers)")
+            return
+        seconds = s.seconds["15-picks"]
+        cell = self.cell(
+            "15-picks",
+            15,
+            "CPU per pick: each algorithm at 3 and 1000 backends",
+            "us_per_pick",
+            f"bench/picks.py --seconds {seconds:g}: acquire and release, 64 in"
+            " flight, 10,000 keys, pinned to the balancer's CPU",
+        )
+        trees = [("", self.ctx.txlb_pythonpath), *self.ctx.txlb_compare]
+        for i in range(s.runs):
+            for label, tree in trees:
+                argv = ["taskset", "-c", str(BALANCER_CPU), self.ctx.python]
+                argv += [str(peers.BENCH / "picks.py"), "--seconds", f"{seconds:g}"]
+                env = {**os.environ, "PYTHONPATH": tree} if tree else None
+                try:
+                    done = subprocess.run(
+                        argv, capture_output=True, env=env, timeout=600, check=True
+                    )
+                    found = json.loads(done.stdout.decode().splitlines()[-1])
+                except (subprocess.SubprocessError, ValueError, IndexError) as e:
+                    self.fail("15-picks", label or "txlb", BenchError(str(e)))
+                    continue
+                for name, r in found.items():
+                    peer = f"{name}@{label}" if label else name
+                    run = {"us_per_pick": r["us_per_pick"], "requests": r["picks"]}
+                    cell["peers"].setdefault(peer, {"runs": []})["runs"].append(run)
+                brief = ", ".join(
+                    f"{k} {v['us_per_pick']:.2f}" for k, v in found.items()
+                )
+                _log(f"15-picks run {i + 1}/{s.runs} {label or 'txlb'}: {brief} us")
+        for data in cell["peers"].values():
+            data["median"] = report.summarize(data.get("runs", []))
+
+    def hash_group(self, backends: list[int]) -> None:
+        """Scenario 15: consistent hashing of X-User through each balancer."""
+        s = self.s
+        names = ["txlb-hash", "txlb"] if "txlb" in s.peers else []
+        names += [f"{p}-hash" for p in ("haproxy", "nginx") if p in s.peers]
+        if not names:
+            _log("15-hash: no peer of txlb, haproxy or nginx chosen: skipped")
+            return
+        script = load.write_users_script(self.ctx.workdir)
+        targets: dict[str, Target] = {}
+        for name in names:
+            _log(f"starting {name}")
+            t = self.start(name, backends)
+            if t is not None:
+                t.name = name
+                targets[name] = t
+            targets.update(self.compared(name, backends))
+        try:
+            self.cell(
+                "15-hash",
+                15,
+                "hash_key = header:X-User, 10,000 users, c=64",
+                "rps",
+                f"wrk -t1 -c64 -d{s.seconds['15-hash']:g}s, each request from one of"
+                " 10,000 users (X-User, seeded); txlb least_conn beside as the"
+                " baseline",
+            )
+
+            def run(t: Target, seconds: float) -> dict[str, Any]:
+                return load.wrk(t.url + "/", 64, seconds, script, LOAD_CPU)
+
+            self.interleaved("15-hash", targets, run, s.seconds["15-hash"], s.warmup)
+        finally:
+            self.stop(targets)
+
 
 def _readline(popen: subprocess.Popen[bytes], timeout: float, what: str) -> str:
     assert popen.stdout is not None
@@ -885,7 +967,7 @@ def _preflight(s: Settings) -> None:
     needed = {"taskset", "wrk"}
     if 2 in s.scenarios:
         needed.add("ab")
-    if set(s.scenarios) & {1, 2, 3, 6, 7, 8}:
+    if set(s.scenarios) & {1, 2, 3, 6, 7, 8, 15}:
         needed.add("nginx")
     for name in s.peers:
         needed.add(
@@ -969,7 +1051,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     except ValueError:
         parser.error(f"--scenarios: not a list of numbers: {args.scenarios!r}")
     if bad := [x for x in scenarios if x not in SCENARIOS]:
-        parser.error(f"--scenarios: no scenario {bad[0]}; there are 1 to 8")
+        known_scenarios = ", ".join(map(str, SCENARIOS))
+        parser.error(f"--scenarios: no scenario {bad[0]}; there are {known_scenarios}")
     known = peers.HTTP_PEERS + peers.TCP_PEERS
     chosen = (
         list(peers.HTTP_PEERS)

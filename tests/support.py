@@ -6,7 +6,8 @@ in HTTP mode or TCP mode.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from random import Random
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -50,9 +51,9 @@ def config(
 class Client:
     """One client connection accepted by the proxy."""
 
-    def __init__(self, factory: Factory) -> None:
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
-        self.transport = FakeTCP()
+    def __init__(self, factory: Factory, peer: str = "192.0.2.7") -> None:
+        self.proto = factory.buildProtocol(IPv4Address("TCP", peer, 4000))
+        self.transport = FakeTCP(peer=(peer, 4000))
         self.transport.protocol = self.proto
         self.proto.makeConnection(self.transport)
 
@@ -97,10 +98,14 @@ class Harness:
         extra: str = "",
         backend_extra: str = "",
         mode: str = "http",
+        random: Callable[[], float] | None = None,
     ) -> None:
+        """@param random: p2c's random source (default: seeded with 0)."""
         self.reactor = MemoryReactorClock()
         self.config = config(backends, extra, backend_extra, mode)
-        self.registry = Registry.from_config(self.config, self.reactor)
+        self.registry = Registry.from_config(
+            self.config, self.reactor, random or Random(0).random
+        )
         self.records: list[dict[str, Any]] = []
         self.observed: list[tuple[str, int]] = []
         self.seconds: list[float] = []
@@ -128,8 +133,8 @@ class Harness:
         self.observed.append((backend.name, status))
         self.seconds.append(seconds)
 
-    def client(self) -> Client:
-        return Client(self.factory)
+    def client(self, peer: str = "192.0.2.7") -> Client:
+        return Client(self.factory, peer)
 
     def connects(self) -> list[tuple[str, int, float]]:
         """The pending backend connection attempts: host, port, timeout."""
@@ -166,11 +171,13 @@ def registry_of(
     clock: IReactorTime,
     algorithm: str = "least_conn",
     outlier: OutlierConfig | None = None,
+    random: Callable[[], float] | None = None,
     **balancing: Any,
 ) -> Registry:
     """
     A registry of exactly C{backends}, built as tap builds one
-    (C{Registry.from_config}); C{balancing} sets L{BalancingConfig} keys.
+    (C{Registry.from_config}); C{balancing} sets L{BalancingConfig} keys;
+    C{random} is p2c's source (default: seeded with 0).
     """
     config = Config(
         filename="test.ini",
@@ -178,4 +185,4 @@ def registry_of(
         balancing=BalancingConfig(algorithm=algorithm, **balancing),
         outlier=outlier or OutlierConfig(),
     )
-    return Registry.from_config(config, clock)
+    return Registry.from_config(config, clock, random or Random(0).random)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txlb.config import BackendConfig, HealthConfig, OutlierConfig, txlb_keys
+from txlb.config import (
+    BackendConfig,
+    HealthConfig,
+    OutlierConfig,
+    RateLimitConfig,
+    txlb_keys,
+)
 from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config
 from txlb.schema import keys_of
 
@@ -97,6 +103,7 @@ def declared_keys() -> dict[str, str]:
     keys = {name: f"[txlb] {name}" for name in txlb_keys()}
     keys.update({name: f"[health] {name}" for name in keys_of(HealthConfig)})
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
+    keys.update({name: f"[ratelimit] {name}" for name in keys_of(RateLimitConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
     for cls in (CommonConfig, DNSConfig, EC2Config):
         keys.update({name: f"[discovery:NAME] {name}" for name in keys_of(cls)})

@@ -39,15 +39,18 @@ from txlb.schema import (
 )
 from txlb.settings import (
     ALGORITHMS,
+    AffinityConfig,
     BalancingConfig,
     ClientConfig,
     ObserveConfig,
     ProxyConfig,
+    RateLimitConfig,
 )
 
 __all__ = [
     "ALGORITHMS",
     "Address",
+    "AffinityConfig",
     "BackendConfig",
     "BalancingConfig",
     "ClientConfig",
@@ -59,6 +62,7 @@ __all__ = [
     "ObserveConfig",
     "OutlierConfig",
     "ProxyConfig",
+    "RateLimitConfig",
     "load",
     "parse",
     "parse_backend",
@@ -227,6 +231,8 @@ class Config:
     observe: ObserveConfig = ObserveConfig()
     health: HealthConfig = HealthConfig()
     outlier: OutlierConfig = OutlierConfig()
+    affinity: AffinityConfig = AffinityConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
 
 
 # The [txlb] section: Config's own keys and those of its groups.
@@ -235,6 +241,7 @@ _TXLB_GROUPS: dict[str, type] = {
     "proxy": ProxyConfig,
     "balancing": BalancingConfig,
     "observe": ObserveConfig,
+    "affinity": AffinityConfig,
 }
 
 
@@ -250,6 +257,7 @@ _TXLB_KEYS = txlb_keys()
 _TXLB_SPECS = {name: spec for name, (_, spec) in _TXLB_KEYS.items()}
 _HEALTH_KEYS = keys_of(HealthConfig)
 _OUTLIER_KEYS = keys_of(OutlierConfig)
+_RATELIMIT_KEYS = keys_of(RateLimitConfig)
 _BACKEND_KEYS: dict[str, KeySpec] = {
     **keys_of(BackendConfig),
     **{
@@ -293,6 +301,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     top: dict[str, Any] = {}
     health: dict[str, Any] = {}
     outlier: dict[str, Any] = {}
+    ratelimit: RateLimitConfig | None = None
     backend_sections: list[tuple[str, dict[str, str]]] = []
     discovery_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
@@ -305,6 +314,8 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             health = _read(filename, name, items, _HEALTH_KEYS)
         elif name == "outlier":
             outlier = _read(filename, name, items, _OUTLIER_KEYS)
+        elif name == "ratelimit":
+            ratelimit = _ratelimit(filename, items)
         elif name.startswith(_BACKEND_PREFIX):
             backend_sections.append((name, items))
         elif name.startswith(_DISCOVERY_PREFIX):
@@ -312,7 +323,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         else:
             raise ConfigError(
                 filename,
-                "unknown section; allowed: [txlb], [health], [outlier],"
+                "unknown section; allowed: [txlb], [health], [outlier], [ratelimit],"
                 " [backend:NAME], [discovery:NAME]",
                 name,
             )
@@ -344,11 +355,32 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         discoveries=discoveries,
         health=health_config,
         outlier=OutlierConfig(**outlier),
+        ratelimit=ratelimit or RateLimitConfig(),
         **{group: _TXLB_GROUPS[group](**values) for group, values in groups.items()},
         **own,
     )
     _check_mode(config)
     return config
+
+
+def _ratelimit(filename: str, items: Mapping[str, str]) -> RateLimitConfig:
+    values = _read(filename, "ratelimit", items, _RATELIMIT_KEYS)
+    if "rate" not in values:
+        raise ConfigError(
+            filename,
+            "missing; expected " + _RATELIMIT_KEYS["rate"].allowed,
+            "ratelimit",
+            "rate",
+        )
+    if "burst" in values and values["burst"] < 1:
+        raise ConfigError(
+            filename,
+            f"{items['burst'].strip()!r} is not valid; expected a whole number,"
+            " 1 or more",
+            "ratelimit",
+            "burst",
+        )
+    return RateLimitConfig(**values)
 
 
 def _check_mode(config: Config) -> None:
@@ -361,6 +393,8 @@ def _check_mode(config: Config) -> None:
             "txlb",
             "mode",
         )
+    if config.mode == "tcp":
+        _check_tcp_affinity(config)
     if config.mode != "tcp":
         sections = [(_BACKEND_PREFIX + b.name, b) for b in config.backends]
         sections += [
@@ -374,6 +408,31 @@ def _check_mode(config: Config) -> None:
                     section,
                     "proxy_protocol",
                 )
+
+
+def _check_tcp_affinity(config: Config) -> None:
+    """TCP mode reads no request: only the client's address can be a key."""
+    balancing = config.balancing
+    if balancing.algorithm == "hash" and balancing.hash_key.kind != "client_ip":
+        raise ConfigError(
+            config.filename,
+            f"{balancing.hash_key} needs mode = http (tcp mode hashes client_ip only)",
+            "txlb",
+            "hash_key",
+        )
+    if config.affinity.sticky is not None:
+        raise ConfigError(
+            config.filename,
+            "needs mode = http (a cookie is an HTTP header)",
+            "txlb",
+            "sticky",
+        )
+    if config.ratelimit.enabled:
+        raise ConfigError(
+            config.filename,
+            "needs mode = http (a 429 is an HTTP answer)",
+            "ratelimit",
+        )
 
 
 def _check_health(

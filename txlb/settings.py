@@ -1,24 +1,37 @@
 """
 The ``[txlb]`` keys, grouped by the part that reads them: the front end's
 L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
-L{BalancingConfig} and the stats' L{ObserveConfig}.  Each key is declared
-once, here (L{txlb.schema.key}); L{txlb.config} reads them.
+L{BalancingConfig}, the HTTP proxy's L{AffinityConfig} and the stats'
+L{ObserveConfig}; and the ``[ratelimit]`` section's L{RateLimitConfig}.
+Each key is declared once, here (L{txlb.schema.key}); L{txlb.config} reads
+them.
 """
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from txlb import schema
-from txlb.core.policies import POLICIES
+from txlb.core.algorithms import POLICIES
+from txlb.requestkey import (
+    HASH_KEYS,
+    LIMIT_KEYS,
+    RequestKey,
+    request_key,
+    sticky_cookie,
+)
 from txlb.schema import DURATION, POSITIVE_DURATION, Network, key, one_of
 
 __all__ = [
     "ALGORITHMS",
+    "AffinityConfig",
     "BalancingConfig",
     "ClientConfig",
     "ObserveConfig",
     "ProxyConfig",
+    "RateLimitConfig",
 ]
 
 ALGORITHMS = tuple(POLICIES)
@@ -107,6 +120,13 @@ class ProxyConfig:
     )
 
 
+def _balance_factor(text: str) -> float:
+    value = float(text.strip())
+    if value != 0 and not 1 <= value <= 100:
+        raise ValueError(text)
+    return value
+
+
 @attrs.frozen
 class BalancingConfig:
     """How the registry picks a backend, and how requests wait (``[txlb]``)."""
@@ -128,6 +148,31 @@ class BalancingConfig:
         schema.parse_duration,
         "0 (wait until idle) or " + DURATION + "; a removed backend still busy"
         " after it is dropped and its connections closed",
+    )
+    hash_key: RequestKey = key(
+        RequestKey("client_ip"),
+        request_key(HASH_KEYS),
+        one_of(HASH_KEYS) + " (tcp mode: client_ip only)",
+    )
+    hash_balance_factor: float = key(
+        1.25,
+        _balance_factor,
+        "0 (no bound) or a number from 1 to 100: with algorithm = hash, no backend"
+        " takes more than this times the mean load (weighted)",
+    )
+
+
+@attrs.frozen
+class AffinityConfig:
+    """Sticky sessions: a cookie that keeps a client on its backend (``[txlb]``)."""
+
+    sticky: RequestKey | None = key(
+        None, sticky_cookie, "empty (off) or cookie:NAME, e.g. cookie:TXLB"
+    )
+    sticky_max_age: float = key(
+        0.0,
+        schema.parse_duration,
+        "0 (the cookie lasts the browser session) or " + DURATION,
     )
 
 
@@ -151,3 +196,35 @@ class ObserveConfig:
         schema.bounded(0, 20),
         "server-sent events per second on /api/events, above 0 and at most 20",
     )
+
+
+@attrs.frozen
+class RateLimitConfig:
+    """
+    A token bucket per client (``[ratelimit]``): C{rate} requests a second,
+    C{burst} at once.  Off while C{rate} is 0.
+    """
+
+    rate: float = key(
+        0.0,
+        schema.bounded(0, 1_000_000),
+        "requests a second per client, above 0 (e.g. 10 or 0.5)",
+    )
+    burst: int = key(
+        0,
+        schema.count,
+        "a whole number of requests a client may send at once, 1 or more"
+        " (0: rate rounded up)",
+    )
+    key: RequestKey = key(
+        RequestKey("client_ip"), request_key(LIMIT_KEYS), one_of(LIMIT_KEYS)
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    @property
+    def bucket(self) -> int:
+        """The requests a client may send at once: C{burst}, or C{rate} rounded up."""
+        return self.burst or max(1, math.ceil(self.rate))

@@ -5,6 +5,7 @@ global reactor and wires the single registry into every part.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Collection
 from typing import Any, ClassVar, Protocol
@@ -36,6 +37,7 @@ from txlb.lifecycle.shutdown import Drainable, Lifecycle
 from txlb.lifecycle.signals import ReloadOnSignal
 from txlb.net import fastio
 from txlb.net.admission import ClientLimit
+from txlb.observe import features
 from txlb.observe.accesslog import AccessLog
 from txlb.observe.admin import AdminTokenError, read_admin_token
 from txlb.observe.assets import WebAssets
@@ -167,7 +169,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     reactor.callWhenRunning(tune_gc)
     # Stops the listeners first and drains the connections (SIGTERM).
     top = Lifecycle(reactor, config.shutdown_timeout)
-    registry = Registry.from_config(config, reactor)
+    # p2c's draws: seeded from the system (each process its own).
+    registry = Registry.from_config(config, reactor, random.Random().random)
     access_log = _access_log(config, reactor)
     app = _stats_app(config, registry, reactor)
     Sampler(app.stats, reactor).setServiceParent(top)
@@ -181,6 +184,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if config.workers > 1:
         if access_log is not None:
             access_log.close()  # checked; every worker writes its own lines
+        # The ring is the same in every process: its key shares show here;
+        # the workers' sticky and rate-limit counts stay theirs.
+        features.show(app, registry, None, None)
+        if config.ratelimit.enabled:
+            _log.warn(
+                "[ratelimit] with workers = {workers}: each worker keeps its own"
+                " buckets, so a client may send up to {workers} times rate",
+                workers=config.workers,
+            )
         supervise(reactor, config, options["config"], registry, app, reloader, top)
     else:
         if access_log is not None:
@@ -234,12 +246,14 @@ def _serve(
         # Raw TCP on every listen endpoint; the stats app is only on
         # stats_listen, which the config requires in this mode.
         tcp = TCPProxy.from_config(config, registry, reactor, reactor, app.observe)
+        features.show(app, registry, None, None)
         front = TCPProxyFactory(tcp)
         clients = tcp
     else:
         proxy = HTTPProxy.from_config(
             config, registry, reactor, reactor, access_log, app.observe
         )
+        features.show(app, registry, proxy.sticky, proxy.limiter)
         _ProxyCloser(proxy).setServiceParent(top)
         http = front_end(
             proxy, stats, config.client, reactor, reserve=stats_endpoint is None

@@ -28,7 +28,13 @@ class WebFilesTests(SynchronousTestCase):
         """missing() lists the required files absent, in a fixed order."""
         self.assertEqual(
             webfiles.missing({"index.html", "style.css", "icon.svg"}),
-            ("app.js", "discovery.js", "workers.js", "vendor/chart.umd.js"),
+            (
+                "app.js",
+                "discovery.js",
+                "workers.js",
+                "affinity.js",
+                "vendor/chart.umd.js",
+            ),
         )
         self.assertEqual(webfiles.missing(set(webfiles.REQUIRED)), ())
 

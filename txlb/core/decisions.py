@@ -13,7 +13,7 @@ explanation (L{txlb.core.policies}).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import attrs
@@ -55,8 +55,11 @@ class Seen:
 
 
 # (time, pick number, index of the winner, the candidates as Seen values,
-#  names of the backends excluded because this request already tried them)
-_Entry = tuple[float, int, int, tuple[tuple[Any, ...], ...], tuple[str, ...]]
+#  names of the backends excluded because this request already tried them,
+#  what a choosing policy or a sticky session said of it, or None)
+_Entry = tuple[
+    float, int, int, tuple[tuple[Any, ...], ...], tuple[str, ...], dict[str, Any] | None
+]
 
 
 class DecisionLog:
@@ -64,6 +67,10 @@ class DecisionLog:
     The last L{SIZE} sampled decisions of one policy.
 
     @ivar next_due: the time before which C{record} need not be called.
+    @ivar note: added to the detail of the decisions recorded while it is
+        set (a sticky session's miss, set around the pick it causes).
+    @ivar sections: more to show beside the decisions (sticky sessions,
+        rate limits): name -> a callable returning plain data.
     """
 
     def __init__(
@@ -78,6 +85,8 @@ class DecisionLog:
         self._interval = 1.0 / rate
         self._per_candidate = 1.0 / candidate_rate
         self._entries: deque[_Entry] = deque(maxlen=size)
+        self.note: dict[str, Any] | None = None
+        self.sections: dict[str, Callable[[], Any]] = {}
 
     def record(
         self,
@@ -86,6 +95,7 @@ class DecisionLog:
         candidates: Sequence[Backend],
         index: int,
         excluded: Container[Backend],
+        detail: dict[str, Any] | None = None,
     ) -> None:
         """
         Keep one decision, before the winner's counters change.
@@ -93,7 +103,11 @@ class DecisionLog:
         @param pick: the registry's running count of picks (this one included).
         @param index: the winner's index in C{candidates}.
         @param excluded: backends this request had already tried.
+        @param detail: what the policy (or a sticky session) said of it.
         """
+        note = self.note
+        if note is not None:
+            detail = {**detail, **note} if detail else note
         self.next_due = now + max(self._interval, len(candidates) * self._per_candidate)
         self._entries.append(
             (
@@ -105,6 +119,7 @@ class DecisionLog:
                     for b in candidates
                 ),
                 tuple(b.name for b in excluded) if excluded else (),  # type: ignore[attr-defined]
+                detail,
             )
         )
 
@@ -120,8 +135,12 @@ class DecisionLog:
         entries.reverse()
         return [self._describe(entry) for entry in entries]
 
+    def extras(self) -> dict[str, Any]:
+        """The L{sections}' data, by name."""
+        return {name: section() for name, section in self.sections.items()}
+
     def _describe(self, entry: _Entry) -> dict[str, Any]:
-        now, pick, index, rows, excluded = entry
+        now, pick, index, rows, excluded, detail = entry
         policy = self.policy
         cost = policy.cost
         candidates = [Seen(*row) for row in rows]
@@ -147,18 +166,31 @@ class DecisionLog:
                     "tied": len(tied) > 1 and cost(c) == best,
                 }
             )
-        return {
+        reason = policy.explain(
+            winner,
+            len(tied) if policy.by_load else len(candidates),
+            len(candidates),
+            detail,
+        )
+        sticky = detail.get("sticky") if detail else None
+        if sticky == "hit":
+            reason = (
+                f"sticky session: the client's cookie {detail['cookie']} names"  # type: ignore[index]
+                f" {winner.name}, which is in rotation and has room"
+            )
+        elif sticky == "miss":
+            reason += f" (sticky miss: {detail['why']}; the response sets the cookie)"  # type: ignore[index]
+        found = {
             "time": now,
             "pick": pick,
             "algorithm": policy.name,
             "winner": winner.name,
-            "reason": policy.explain(
-                winner,
-                len(tied) if policy.by_load else len(candidates),
-                len(candidates),
-            ),
+            "reason": reason,
             "tie": [c.name for c in tied] if len(tied) > 1 else [],
             "candidates": shown,
             "candidates_total": len(candidates),
             "excluded": list(excluded),
         }
+        if detail:
+            found["detail"] = detail
+        return found

@@ -14,23 +14,30 @@ written once, here.
 A policy reads its candidates and never changes them.  The load a policy
 counts is C{active + others}: requests in flight here and, with workers or a
 fleet, elsewhere.
+
+Two policies choose from the whole rotation themselves (C{chooses}, the
+L{Chooser} protocol): power of two choices (L{txlb.core.p2c}) draws two
+backends at random, in O(1) at any pool size, and consistent hashing
+(L{txlb.core.hashring}) follows the request's key.  L{txlb.core.algorithms}
+names them all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from collections.abc import Container, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
 
 __all__ = [
     "LATENCY_FLOOR",
-    "POLICIES",
     "Candidate",
+    "Choosable",
+    "Chooser",
     "LeastConn",
     "LeastTime",
     "Policy",
     "RoundRobin",
-    "policy_for",
+    "describe_load",
 ]
 
 LATENCY_FLOOR = 1e-6
@@ -82,12 +89,15 @@ class Policy(Protocol):
     @cvar indexed: its order can be kept in a heap (L{txlb.core.index}):
         the cost changes only when a lease starts or ends or a weight
         changes, never with time.
+    @cvar chooses: it chooses from the whole rotation itself (a
+        L{Chooser}) instead of C{pick} among filtered candidates.
     """
 
     name: ClassVar[str]
     needs_latency: ClassVar[bool]
     by_load: ClassVar[bool]
     indexed: ClassVar[bool]
+    chooses: ClassVar[bool]
 
     def cost(self, c: Candidate) -> float:
         """How loaded C{c} is for this policy; the lowest cost wins."""
@@ -95,13 +105,16 @@ class Policy(Protocol):
     def pick(self, candidates: Sequence[Candidate]) -> int:
         """The index of the winner among non-empty C{candidates}."""
 
-    def explain(self, winner: Candidate, tied: int, total: int) -> str:
+    def explain(
+        self, winner: Candidate, tied: int, total: int, detail: Any = None
+    ) -> str:
         """
         Why C{winner} won, in words, from the values it had at the pick.
 
         @param tied: how many candidates shared the winner's cost (itself
             included).
         @param total: how many candidates there were.
+        @param detail: what a L{Chooser} said of its choice (C{explained}).
         """
 
     def estimate(self, candidates: Sequence[Measured], now: float) -> None:
@@ -145,6 +158,10 @@ def _load(c: Candidate) -> str:
     return f"{active} active / weight {c.weight:g} = {active / c.weight:.3g}"
 
 
+describe_load = _load
+"""A candidate's load, in words."""
+
+
 class LeastConn(_LoadOnly):
     """
     Weighted least connections: the fewest requests in flight per unit of
@@ -155,6 +172,7 @@ class LeastConn(_LoadOnly):
     needs_latency: ClassVar[bool] = False
     by_load: ClassVar[bool] = True
     indexed: ClassVar[bool] = True
+    chooses: ClassVar[bool] = False
 
     @staticmethod
     def cost(c: Candidate) -> float:
@@ -173,7 +191,9 @@ class LeastConn(_LoadOnly):
                 best, best_cost, best_vtime = i, value, c.vtime
         return best
 
-    def explain(self, winner: Candidate, tied: int, total: int) -> str:
+    def explain(
+        self, winner: Candidate, tied: int, total: int, detail: Any = None
+    ) -> str:
         if total == 1:
             return f"{winner.name} was the only backend available ({_load(winner)})"
         if tied == 1:
@@ -196,6 +216,7 @@ class RoundRobin(_LoadOnly):
     needs_latency: ClassVar[bool] = False
     by_load: ClassVar[bool] = False
     indexed: ClassVar[bool] = True
+    chooses: ClassVar[bool] = False
 
     @staticmethod
     def cost(c: Candidate) -> float:
@@ -210,7 +231,9 @@ class RoundRobin(_LoadOnly):
                 best, best_vtime = i, vtime
         return best
 
-    def explain(self, winner: Candidate, tied: int, total: int) -> str:
+    def explain(
+        self, winner: Candidate, tied: int, total: int, detail: Any = None
+    ) -> str:
         if total == 1:
             return f"{winner.name} was the only backend available ({_load(winner)})"
         return (
@@ -233,6 +256,7 @@ class LeastTime:
     needs_latency: ClassVar[bool] = True
     by_load: ClassVar[bool] = True
     indexed: ClassVar[bool] = False
+    chooses: ClassVar[bool] = False
 
     def __init__(self, ewma_decay: float = 10.0) -> None:
         """
@@ -249,7 +273,9 @@ class LeastTime:
     def pick(self, candidates: Sequence[Candidate]) -> int:
         return _pick_by_cost(self, candidates)
 
-    def explain(self, winner: Candidate, tied: int, total: int) -> str:
+    def explain(
+        self, winner: Candidate, tied: int, total: int, detail: Any = None
+    ) -> str:
         if total == 1:
             return f"{winner.name} was the only backend available ({_load(winner)})"
         active = winner.active + winner.others
@@ -292,14 +318,55 @@ class LeastTime:
         b.latency_stamp = now
 
 
-POLICIES: dict[str, type[Policy]] = {
-    policy.name: policy for policy in (LeastConn, RoundRobin, LeastTime)
-}
-"""Every policy by its name in lb.ini."""
+class Choosable(Candidate, Protocol):
+    """What a L{Chooser} reads of a backend besides a L{Candidate}."""
+
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def configured_weight(self) -> float: ...
 
 
-def policy_for(algorithm: str, ewma_decay: float) -> Policy:
-    """The policy C{[txlb] algorithm} names, with its settings."""
-    if algorithm == "least_time":
-        return LeastTime(ewma_decay)
-    return POLICIES[algorithm]()
+C = TypeVar("C", bound=Choosable)
+
+
+class Chooser(Policy, Protocol):
+    """
+    A policy that chooses from the whole rotation itself, told by the
+    selector of every change to it.
+
+    @cvar counts_load: it keeps the rotation's load from C{picked} and
+        C{released} (each lease then tells it when it ends).
+    """
+
+    counts_load: ClassVar[bool]
+
+    def choose(
+        self,
+        rotation: Sequence[C],
+        exclude: Container[C],
+        key: bytes | None,
+        limited: bool,
+    ) -> C | None:
+        """
+        A backend of C{rotation} not in C{exclude} and, when C{limited} (some
+        backend has a C{max_connections}), not full; or L{None}.
+
+        @param key: the request's key (C{hash_key}), if any.
+        """
+
+    def explained(self) -> tuple[Sequence[Any], int, dict[str, Any]]:
+        """The last choice's candidates, the winner's place, and its detail."""
+
+    def rotated(self, rotation: Sequence[Choosable]) -> None:
+        """The rotation is now C{rotation}."""
+
+    def touched(self, backend: Choosable) -> None:
+        """C{backend}'s weight or room may have changed."""
+
+    def picked(self, backend: Choosable) -> None:
+        """One more request on C{backend} (however it was chosen)."""
+
+    def released(self, backend: Choosable) -> None:
+        """One request fewer on C{backend}."""

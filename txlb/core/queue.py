@@ -57,22 +57,32 @@ class LeaseClient(Protocol):
 class _Leases(Protocol):
     """What the queue needs of the registry."""
 
-    def acquire(self, exclude: Container[Backend] = ()) -> Any: ...
+    def acquire(
+        self, exclude: Container[Backend] = (), key: bytes | None = None
+    ) -> Any: ...
 
     def full(self, exclude: Container[Backend] = ()) -> bool: ...
 
 
 class Waiter:
-    """A client waiting in the queue for a backend not in C{exclude}."""
+    """
+    A client waiting in the queue for a backend not in C{exclude} (with its
+    request's C{key}, for hash).
+    """
 
-    __slots__ = ("_queue", "_timer", "client", "exclude")
+    __slots__ = ("_queue", "_timer", "client", "exclude", "key")
 
     def __init__(
-        self, queue: BackendQueue, exclude: Container[Backend], client: LeaseClient
+        self,
+        queue: BackendQueue,
+        exclude: Container[Backend],
+        client: LeaseClient,
+        key: bytes | None = None,
     ) -> None:
         self._queue = queue
         self.exclude = exclude
         self.client = client
+        self.key = key
         self._timer: IDelayedCall | None = None
 
     def cancel(self) -> bool:
@@ -148,7 +158,10 @@ class BackendQueue:
         self.timeout = timeout
 
     def lease_or_wait(
-        self, client: LeaseClient, exclude: Container[Backend] = ()
+        self,
+        client: LeaseClient,
+        exclude: Container[Backend] = (),
+        key: bytes | None = None,
     ) -> Waiter | None:
         """
         Give C{client} a backend not in C{exclude} (those it already tried):
@@ -156,20 +169,23 @@ class BackendQueue:
         is only full, a place in the queue; else a refusal.  The client is
         told through L{LeaseClient}, at once or later.
 
+        @param key: the request's key (C{hash_key}), for hash.
         @return: the waiter, to cancel if the client leaves, or L{None} when
             the client has been answered already.
         """
         leases = self._leases
-        lease = leases.acquire(exclude)
+        lease = leases.acquire(exclude, key)
         if lease is not None:
             client.leased(lease)
             return None
         if leases.full(exclude):
-            return self._wait(exclude, client)
+            return self._wait(exclude, client, key)
         client.refused(ALL_FAILED if exclude else NONE_AVAILABLE)
         return None
 
-    def _wait(self, exclude: Container[Backend], client: LeaseClient) -> Waiter | None:
+    def _wait(
+        self, exclude: Container[Backend], client: LeaseClient, key: bytes | None
+    ) -> Waiter | None:
         waiting = len(self.waiters)
         if self.elsewhere is not None:
             waiting += self.elsewhere()
@@ -177,7 +193,7 @@ class BackendQueue:
             self.full_rejections += 1
             client.refused(QUEUE_FULL)
             return None
-        waiter = Waiter(self, exclude, client)
+        waiter = Waiter(self, exclude, client, key)
         self.waiters[waiter] = None
         self.total += 1
         waiter._timer = self._clock.callLater(self.timeout, waiter._expired)
@@ -205,7 +221,7 @@ class BackendQueue:
                     if not waiter.waiting:
                         continue  # cancelled by an earlier waiter's client
                     exclude = waiter.exclude
-                    lease = acquire(exclude)
+                    lease = acquire(exclude, waiter.key)
                     if lease is None:
                         if not exclude:
                             break  # no room for anyone

@@ -23,7 +23,8 @@ once it is in rotation.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -35,12 +36,12 @@ from txlb.core.listeners import IBackendListener
 from txlb.core.outlier import Ejector
 from txlb.core.policies import Policy
 from txlb.core.queue import BackendQueue
-from txlb.core.selector import Selector
+from txlb.core.selector import selector_for
 from txlb.core.sharing import IOutcomes
 from txlb.core.slowstart import Ramps
 from txlb.core.states import MAX_WEIGHT, BackendStates
 
-__all__ = ["MAX_WEIGHT", "Lease", "MembershipError", "Registry"]
+__all__ = ["MAX_WEIGHT", "CountedLease", "Lease", "MembershipError", "Registry"]
 
 
 class MembershipError(ValueError):
@@ -115,6 +116,23 @@ class Lease:
         return self._released
 
 
+class CountedLease(Lease):
+    """
+    A lease whose end the policy hears of (hash, which keeps the rotation's
+    load without scanning it); the other policies' leases are plain.
+    """
+
+    __slots__ = ()
+
+    def release(
+        self, failed: bool = False, why: str = "", seconds: float | None = None
+    ) -> bool:
+        if not self._released:
+            # Before the count drops: a removal it causes re-counts the rotation.
+            self._registry.selector.chooser.released(self.backend)  # type: ignore[attr-defined]
+        return super().release(failed, why, seconds)
+
+
 class Registry(BackendStates):
     """
     The backends, their health and their active counts.
@@ -130,13 +148,20 @@ class Registry(BackendStates):
         balancing: BalancingConfig,
         outlier: OutlierConfig,
         clock: IReactorTime,
+        random: Callable[[], float] | None = None,
     ) -> None:
-        """Use L{from_config}; this starts with no backend."""
+        """
+        Use L{from_config}; this starts with no backend.
+
+        @param random: p2c's source of floats in [0, 1)
+            (C{random.Random().random}; tests pass a seeded one).
+        """
         self.backends: list[Backend] = []
         self._by_name: dict[str, Backend] = {}
         self._clock = clock
         self.balancing = balancing
-        self.selector = Selector(balancing, clock)
+        self.selector = selector_for(balancing, clock, random)
+        self._lease = CountedLease if self.selector.counts_load else Lease
         self._ejector = Ejector(outlier)
         self._ramps = Ramps()
         self._listeners: list[IBackendListener] = []
@@ -156,29 +181,55 @@ class Registry(BackendStates):
         )
 
     @classmethod
-    def from_config(cls, config: Config, clock: IReactorTime) -> Registry:
+    def from_config(
+        cls,
+        config: Config,
+        clock: IReactorTime,
+        random: Callable[[], float] | None = None,
+    ) -> Registry:
         """The registry of a configuration, with its lb.ini backends."""
-        registry = cls(config.balancing, config.outlier, clock)
+        registry = cls(config.balancing, config.outlier, clock, random)
         for spec in config.backends:
             registry.add(spec, "configured", joining=False)
         return registry
 
     # --- picking ----------------------------------------------------------------
 
-    def acquire(self, exclude: Container[Backend] = ()) -> Lease | None:
+    def acquire(
+        self, exclude: Container[Backend] = (), key: bytes | None = None
+    ) -> Lease | None:
         """
         Pick a healthy backend by the policy and count one more active
         request on it.
 
         @param exclude: backends not to pick (already tried for this request).
+        @param key: the request's key (C{hash_key}), for C{algorithm = hash}.
         @return: a lease, or L{None} if no backend is available.
         """
         if self._ramps.ramping:
             self._advance_ramps()
-        backend = self.selector.pick(exclude)
+        backend = self.selector.pick(exclude, key)
         if backend is None:
             return None
-        return Lease(backend, self)
+        return self._lease(backend, self)
+
+    def acquire_on(
+        self,
+        backend: Backend,
+        exclude: Container[Backend] = (),
+        detail: dict[str, Any] | None = None,
+    ) -> Lease | None:
+        """
+        A lease on C{backend} itself (a sticky session's), if it is in
+        rotation, not full and not in C{exclude}; else L{None}.
+
+        @param detail: what the decision log says of it.
+        """
+        if self._ramps.ramping:
+            self._advance_ramps()
+        if not self.selector.take(backend, exclude, detail):
+            return None
+        return self._lease(backend, self)
 
     def full(self, exclude: Container[Backend] = ()) -> bool:
         """

@@ -2,7 +2,8 @@
 What every HTTP exchange (L{txlb.http.exchange}) shares: the registry, the
 timeouts and retry budget, the access log, and one connection pool per
 backend, which L{HTTPProxy} keeps on each backend as the registry announces
-it (L{txlb.core.listeners}).
+it (L{txlb.core.listeners}); and, when configured, the hash key's reader,
+the sticky cookie and the rate limit.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from zope.interface import implementer
 from txlb.config import Config, ProxyConfig
 from txlb.core.backend import Backend
 from txlb.core.listeners import BackendListener, IBackendListener
+from txlb.core.ratelimit import IRateLimitStore, RateLimiter
 from txlb.core.registry import Registry
 from txlb.http.headers import TrustedProxies
+from txlb.http.keys import KeyReader, key_reader
+from txlb.http.sticky import StickyCookies
 from txlb.http.upstream import BackendPool
 
 __all__ = ["HTTPProxy"]
@@ -33,7 +37,17 @@ class HTTPProxy(BackendListener):
     The HTTP mode's shared state; as a registry listener it gives each
     backend its connection pool (C{backend.pool}) and closes it when the
     backend is removed.
+
+    @ivar key_of: reads a request's C{hash_key} (with C{algorithm = hash}).
+    @ivar sticky: the sticky cookie (with C{sticky}).
+    @ivar limiter: the rate limit (with C{[ratelimit]}), and
+        C{limit_key_of} its key's reader.
     """
+
+    key_of: KeyReader | None = None
+    sticky: StickyCookies | None = None
+    limiter: RateLimiter | None = None
+    limit_key_of: KeyReader | None = None
 
     def __init__(
         self,
@@ -83,9 +97,15 @@ class HTTPProxy(BackendListener):
         clock: IReactorTime,
         access_log: Callable[[dict[str, Any]], None] | None = None,
         observe: Callable[[Backend, int, float], None] | None = None,
+        ratelimit_store: IRateLimitStore | None = None,
     ) -> HTTPProxy:
-        """A 503 asks a client to come back after one health interval."""
-        return cls(
+        """
+        A 503 asks a client to come back after one health interval.
+
+        @param ratelimit_store: where the rate limit's buckets are kept (by
+            default in this process).
+        """
+        proxy = cls(
             registry,
             reactor,
             clock,
@@ -94,6 +114,20 @@ class HTTPProxy(BackendListener):
             access_log,
             observe,
         )
+        trusted = proxy.trusted_proxies
+        balancing = config.balancing
+        if balancing.algorithm == "hash":
+            proxy.key_of = key_reader(balancing.hash_key, trusted)
+        sticky = config.affinity.sticky
+        if sticky is not None:
+            proxy.sticky = StickyCookies(
+                registry, sticky.name, config.affinity.sticky_max_age, trusted
+            )
+        limit = config.ratelimit
+        if limit.enabled:
+            proxy.limiter = RateLimiter(limit, clock, ratelimit_store)
+            proxy.limit_key_of = key_reader(limit.key, trusted)
+        return proxy
 
     def backend_added(self, backend: Backend) -> None:
         settings = self.settings

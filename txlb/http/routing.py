@@ -1,6 +1,8 @@
 """
 Where the front end's requests go: the stats app's paths (when it shares the
-proxy's port) to the stats app, everything else to a backend.
+proxy's port) to the stats app, everything else to a backend; with
+C{[ratelimit]}, a request over its client's limit to a 429 instead
+(L{LimitedRouter}: the stats app's paths are never limited).
 """
 
 from __future__ import annotations
@@ -13,13 +15,23 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from txlb.config import ClientConfig
+from txlb.http.affinity import AffinityExchange
 from txlb.http.exchange import Exchange
 from txlb.http.frontend import HTTPFrontendFactory
+from txlb.http.keys import client_ip
+from txlb.http.limit import TooManyRequests
 from txlb.http.proxy import HTTPProxy
 from txlb.http.request import ClientRequest, RequestHandler
 from txlb.http.webbridge import StatsCall
 
-__all__ = ["RESERVED", "Router", "StatsHandler", "front_end", "site_handler"]
+__all__ = [
+    "RESERVED",
+    "LimitedRouter",
+    "Router",
+    "StatsHandler",
+    "front_end",
+    "site_handler",
+]
 
 RESERVED = (b"/api/", b"/dashboard", b"/metrics")
 """Paths the stats app answers when it shares the proxy's port."""
@@ -43,8 +55,20 @@ class Router:
     """
     Gives each request its handler: the stats app for its reserved paths
     (when it shares the proxy's port) or when there is no proxy, else an
-    L{Exchange} with a backend.
+    L{Exchange} with a backend.  A proxy with a rate limit gets a
+    L{LimitedRouter} (made by this class, so that every maker of a router
+    gets the right one), and without one a request takes no step for it.
     """
+
+    def __new__(
+        cls,
+        proxy: HTTPProxy | None,
+        stats: Callable[[ClientRequest], StatsHandler] | None,
+        reserve: bool = True,
+    ) -> Router:
+        if cls is Router and proxy is not None and proxy.limiter is not None:
+            cls = LimitedRouter
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -59,6 +83,10 @@ class Router:
         self.proxy = proxy
         self.stats = stats
         self._reserve = reserve and stats is not None
+        # The plain exchange unless the backend may follow the request.
+        self.exchange: type[Exchange] = Exchange
+        if proxy is not None and (proxy.key_of or proxy.sticky):
+            self.exchange = AffinityExchange
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""
@@ -73,9 +101,31 @@ class Router:
                 call.start()
             return
         assert proxy is not None
-        exchange = Exchange(proxy, request)
+        exchange = self.exchange(proxy, request)
         request.handler = exchange
         exchange.begin()
+
+
+class LimitedRouter(Router):
+    """
+    A L{Router} that first asks the rate limit of every request it would
+    send to a backend.  A request without the header C{[ratelimit] key}
+    names is counted by its client's address, so that leaving the header
+    out escapes nothing.
+    """
+
+    def __call__(self, request: ClientRequest) -> None:
+        proxy = self.proxy
+        if proxy is not None and not self.reserved(request.uri):
+            key_of = proxy.limit_key_of
+            limiter = proxy.limiter
+            assert key_of is not None and limiter is not None
+            key = key_of(request) or client_ip(request, proxy.trusted_proxies)
+            retry_after = limiter.check(key)
+            if retry_after is not None:
+                TooManyRequests(request, retry_after).start()
+                return
+        super().__call__(request)
 
 
 def front_end(

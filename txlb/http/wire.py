@@ -17,6 +17,7 @@ REASONS: dict[int, bytes] = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     505: b"HTTP Version Not Supported",
 }

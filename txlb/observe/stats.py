@@ -168,6 +168,10 @@ class Stats(BackendListener):
         self.clients: Callable[[], dict[str, int]] | None = None
         # Each discovery section's status (txlb.discovery), when wired.
         self.discovery: Callable[[], list[dict[str, Any]]] | None = None
+        # More of the snapshot, from the parts that are configured (sticky
+        # sessions, rate limits): name -> its data; and per backend.
+        self.sections: dict[str, Callable[[], Any]] = {}
+        self.backend_fields: list[Callable[[Backend], dict[str, Any]]] = []
         # Each worker process's figures (workers = N), when wired.
         self.workers: Callable[[], list[dict[str, Any]]] | None = None
         # Brings counts kept elsewhere up to date before a snapshot.
@@ -209,6 +213,7 @@ class Stats(BackendListener):
             "time": now,
             "algorithm": registry.algorithm,
             "clients": clients() if clients is not None else {},
+            **{name: section() for name, section in self.sections.items()},
             "discovery": discovery() if discovery is not None else [],
             **({"workers": self.workers()} if self.workers is not None else {}),
             "uptime": now - self._started,
@@ -234,13 +239,16 @@ class Stats(BackendListener):
     def _entry(self, b: Backend, now: float, total_count: int) -> dict[str, Any]:
         series = b.series
         count, errors, span = series.window(now, self._started)
-        return {
+        entry = {
             **describe(b),
             "rps": round(count / span, 3),
             "error_rate": round(errors / count, 4) if count else 0.0,
             "share": round(count / total_count, 4) if total_count else 0.0,
             "latency_ms": _latency_ms(series.latencies(now)),
         }
+        for fields in self.backend_fields:
+            entry.update(fields(b))
+        return entry
 
     def sample(self) -> None:
         """Add one point to the history (the L{Sampler} calls this each second)."""

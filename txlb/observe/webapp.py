@@ -161,6 +161,7 @@ class StatsApp:
                     "picks": registry.picks,
                     "sampled_per_second_max": DECISION_RATE,
                     "decisions": decisions,
+                    **registry.decisions.extras(),
                 },
             )
 

@@ -17,6 +17,7 @@ REQUIRED = (
     "app.js",
     "discovery.js",
     "workers.js",
+    "affinity.js",
     "style.css",
     "vendor/chart.umd.js",
 )

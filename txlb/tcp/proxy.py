@@ -13,6 +13,10 @@ the bytes both ways.
 When every backend the client may use is at its C{max_connections}, the
 client waits (still paused) in the registry's queue; it is closed if no
 backend frees up within C{queue_timeout} or the queue is full.
+
+With C{algorithm = hash} the key is the client's address (C{hash_key =
+client_ip}, the only key TCP mode has): a client keeps its backend while
+that backend is in rotation and within the bound.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class TCPProxy(BackendListener):
         self.retries = settings.retries
         self.limit = ClientLimit(limits.max_clients, clock)
         self.rejected = 0  # nothing is parsed in TCP mode, so nothing rejected
+        # With algorithm = hash, each connection is keyed by its client's address.
+        self.client_type: type[_Client] = _Client
         # Open client connections, for a graceful shutdown.
         self.connections: set[_Client] = set()
         registry.subscribe(self)
@@ -103,7 +109,10 @@ class TCPProxy(BackendListener):
         clock: IReactorTime,
         observe: Callable[[Backend, int, float], None] | None = None,
     ) -> TCPProxy:
-        return cls(registry, reactor, clock, config.proxy, config.client, observe)
+        proxy = cls(registry, reactor, clock, config.proxy, config.client, observe)
+        if config.balancing.algorithm == "hash":
+            proxy.client_type = _KeyedClient
+        return proxy
 
 
 class TCPProxyFactory(Factory):
@@ -121,7 +130,7 @@ class TCPProxyFactory(Factory):
         proxy = self.proxy
         if not proxy.limit.admit(proxy.connections):
             return Refuse()
-        return _Client(self.proxy)
+        return proxy.client_type(proxy)
 
 
 class _Client(Side):
@@ -291,6 +300,15 @@ class _Client(Side):
         observe = self.proxy.observe
         if observe is not None:
             observe(backend, status, self.proxy.clock.seconds() - self.started)
+
+
+class _KeyedClient(_Client):
+    """A client whose backend follows its address (C{algorithm = hash})."""
+
+    def _pick(self) -> None:
+        address = self.transport.getPeer()  # type: ignore[union-attr]
+        key = str(getattr(address, "host", "")).encode("ascii") or None
+        self.waiter = self.proxy.registry.queue.lease_or_wait(self, self.tried, key)
 
 
 class _BackendSide(Side):
