@@ -7,12 +7,16 @@ rejects bare LF line endings, obs-fold, invalid header names and values,
 C{Content-Length} next to C{Transfer-Encoding}, a duplicate or invalid
 C{Content-Length}, a C{Transfer-Encoding} that does not end in C{chunked}
 and invalid chunk sizes.  This module adds what llhttp leaves to a server:
-HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, no
-C{Transfer-Encoding} on HTTP/1.0, the request-target forms (absolute-form
-is answered from our own backends, never fetched from the host it names;
-C{CONNECT} is refused), and the size limits (431, 414, 413).  A rejected
-request is answered and its connection closed; nothing of it reaches a
-backend.
+HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, and a valid one
+(L{txlb.http.authority}), no C{Transfer-Encoding} on HTTP/1.0 and no coding
+but C{chunked} (L{txlb.http.codings}: 501 for one before it), the
+request-target forms (absolute-form is answered from our own backends,
+never fetched from the host it names; C{CONNECT} is refused), and the size
+limits (431, 414, 413).  A rejected request is answered and its connection
+closed; nothing of it reaches a backend.  llhttp gives some verdicts on a
+head only after C{on_headers_complete} has returned, so a request is
+handed on only once llhttp has gone past its head without error (its body
+has begun, it is complete, or the read ended).
 
 Deadlines stop slow clients from holding connections: the head must arrive
 within C{header_timeout} (from the connection's start, then from a request's
@@ -30,7 +34,6 @@ reading until the queue is answered.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -43,7 +46,10 @@ from twisted.python.failure import Failure
 
 from txlb.config import ClientConfig
 from txlb.http import wire
+from txlb.http.authority import authority_error
+from txlb.http.codings import transfer_coding_error
 from txlb.http.request import ClientRequest, ResponseFlow
+from txlb.http.requestline import method_error
 from txlb.net import fastio
 from txlb.net.admission import ClientLimit, Refuse
 from txlb.net.deadline import Deadline
@@ -83,6 +89,9 @@ class HTTPFrontend(Protocol):
         # Answered (then the connection closes) once the queue is done.
         self._failure: _Reject | None = None
         self._reject: _Reject | None = None
+        # A request whose head passed the checks here, held until llhttp
+        # has accepted it too (see _release).
+        self._held: ClientRequest | None = None
         self._paused: set[str] = set()
         # The deadline in force: its phase (head, body, idle or none).
         self._phase = ""
@@ -103,6 +112,7 @@ class HTTPFrontend(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         self._stop_timer()
         if self._flow is not None:
@@ -121,20 +131,30 @@ class HTTPFrontend(Protocol):
             return
         if self._failure is not None:
             return
-        if self._incoming is None and self._phase != "head":
+        between_requests = self._incoming is None
+        if between_requests and self._phase != "head":
             self._arm("head", self.limits.header_timeout)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade = data[e.args[0] :]
             self.pause("upgrade")
+            if self._held is not None:
+                self._release()
         except httptools.HttpParserCallbackError as e:
             reject = self._reject or _Reject(400, f"{e.__context__ or e}")
             self._fail(reject)
+            return
         except httptools.HttpParserInvalidMethodError:
-            self._fail(_method_error(data))
+            self._fail(_Reject(*method_error(data, between_requests)))
+            return
         except httptools.HttpParserError as e:
             self._fail(_Reject(400, str(e)))
+            return
+        if self._held is not None:
+            # A head that came without its body (or with all of it but
+            # in a read that ended there): llhttp went past it unharmed.
+            self._release()
 
     # --- llhttp's callbacks -------------------------------------------------------
 
@@ -175,6 +195,7 @@ class HTTPFrontend(Protocol):
             self._refuse(405, "CONNECT is not served: txlb is no forward proxy")
         hosts = 0
         length: int | None = 0
+        codings: list[bytes] = []
         for name, value in request.headers:
             lower = name.lower()
             if lower == b"host":
@@ -185,7 +206,7 @@ class HTTPFrontend(Protocol):
             elif lower == b"transfer-encoding":
                 if version == b"HTTP/1.0":
                     self._refuse(400, "Transfer-Encoding on an HTTP/1.0 request")
-                length = None  # llhttp checked: chunked, last
+                codings.append(value)
             elif lower == b"connection":
                 request.connection.append(value)
             elif lower == b"upgrade" and not request.upgrade:
@@ -194,6 +215,15 @@ class HTTPFrontend(Protocol):
                 request.expect_continue = True
         if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
             self._refuse(400, f"{hosts} Host headers (one is required)")
+        if request.host:
+            why = authority_error(request.host)
+            if why is not None:
+                self._refuse(400, f"invalid Host: {why}")
+        if codings:
+            refusal = transfer_coding_error(codings)
+            if refusal is not None:
+                self._refuse(*refusal)
+            length = None
         request.body_length = length
         limit = self.limits.max_body_size
         if limit and length is not None and length > limit:
@@ -203,11 +233,9 @@ class HTTPFrontend(Protocol):
             self._disarm()
         else:
             self._arm("body", self.limits.body_timeout)
-        if self._active is None:
-            self._start(request)
-        else:
-            self._queue.append(request)
-            self.pause("pipeline")
+        # llhttp still judges the head after this returns (an unknown final
+        # coding, for one): nothing may go towards a backend before it has.
+        self._held = request
 
     def on_body(self, data: bytes) -> None:
         request = self._incoming
@@ -216,6 +244,8 @@ class HTTPFrontend(Protocol):
         limit = self.limits.max_body_size
         if limit and request.body_received > limit:
             self._refuse(413, "body over max_body_size")
+        if self._held is not None:
+            self._release()
         rate = self.limits.body_min_rate
         if rate:
             self._deadline.at += len(data) / rate
@@ -229,8 +259,12 @@ class HTTPFrontend(Protocol):
         request = self._incoming
         assert request is not None
         self._incoming = None
-        request.complete = True
         self._disarm()
+        if self._held is not None:
+            # Handed over as the head would have been, then told it is
+            # complete, as a request whose body came later is.
+            self._release()
+        request.complete = True
         if request is self._active and request.handler is not None:
             request.handler.client_body_done()
 
@@ -248,12 +282,14 @@ class HTTPFrontend(Protocol):
             # RFC 9112 3.2.2: the target's authority replaces Host.  The
             # request still goes to our backends, never to that host.
             authority, slash, path = rest.partition(b"/")
-            authority = authority.rpartition(b"@")[2]
             if authority:
                 request.uri = b"/" + path if slash else b"/"
                 if b"?" in authority:
                     authority, _, query = authority.partition(b"?")
                     request.uri = b"/?" + query
+                why = authority_error(authority)
+                if why is not None:
+                    self._refuse(400, f"invalid request target: {why}")
                 request.host = authority
                 request.headers = [
                     (n, v) for n, v in request.headers if n.lower() != b"host"
@@ -266,6 +302,20 @@ class HTTPFrontend(Protocol):
         """Reject the request being parsed (raised through llhttp)."""
         self._reject = _Reject(status, why)
         raise self._reject
+
+    def _release(self) -> None:
+        """
+        llhttp has gone past the held request's head without error (it is
+        parsing the body, or the request is complete, or the read ended):
+        start it, or queue it behind the one being answered.
+        """
+        request, self._held = self._held, None
+        assert request is not None
+        if self._active is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.pause("pipeline")
 
     def _start(self, request: ClientRequest) -> None:
         self._active = request
@@ -321,6 +371,7 @@ class HTTPFrontend(Protocol):
         then close.  An active request whose body broke is abandoned.
         """
         self._reject = None
+        self._held = None
         self._disarm()
         self.pause("failed")
         incoming, self._incoming = self._incoming, None
@@ -388,6 +439,7 @@ class HTTPFrontend(Protocol):
         self._active = None
         early, self._upgrade = self._upgrade or b"", None
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         transport: Any = self.transport
         if self._flow is not None:
@@ -463,18 +515,10 @@ class HTTPFrontendFactory(Factory):
         return HTTPFrontend(self)
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
-
-
-def _method_error(data: bytes) -> _Reject:
-    """
-    llhttp knows a fixed list of methods: one it does not know is a 501
-    (RFC 9110 15.6.2) when it is at least a token followed by a space, and
-    a malformed request line (400) otherwise.
-    """
-    if _TOKEN.match(data.lstrip(b"\r\n")):
-        return _Reject(501, "method not implemented")
-    return _Reject(400, "invalid request line")
+# What a connection's parser becomes once it is closed or taken over: llhttp
+# holds the protocol's bound methods, a reference cycle that only the cycle
+# collector would free (and tune_gc's thresholds make its full passes rare).
+_CLOSED = httptools.HttpRequestParser(None)
 
 
 def _is_secure(transport: Any) -> bool:
