@@ -413,6 +413,10 @@ class HTTPFrontend(Protocol):
     def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pauseProducing()  # type: ignore[union-attr]
+            if self._phase == "body":
+                # Not read, the client is not late: its body's deadline
+                # starts again when reading does (nginx's client_body_timeout).
+                self._deadline.clear()
         self._paused.add(reason)
 
     def resume(self, reason: str) -> None:
@@ -421,6 +425,8 @@ class HTTPFrontend(Protocol):
             paused.discard(reason)
             if not paused and not self._gone:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
+                if self._phase == "body":
+                    self._deadline.set(self.limits.body_timeout)
 
     def set_response_producer(self, producer: IPushProducer | None) -> None:
         transport: Any = self.transport
