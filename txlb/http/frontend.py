@@ -6,14 +6,12 @@ Strict parsing is the edge's defence against request smuggling.  llhttp
 rejects bare LF line endings, obs-fold, invalid header names and values,
 C{Content-Length} next to C{Transfer-Encoding}, a duplicate or invalid
 C{Content-Length}, a C{Transfer-Encoding} that does not end in C{chunked}
-and invalid chunk sizes.  This module adds what llhttp leaves to a server:
-HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, and a valid one
-(L{txlb.http.authority}), no C{Transfer-Encoding} on HTTP/1.0 and no coding
-but C{chunked} (L{txlb.http.codings}: 501 for one before it), the
-request-target forms (absolute-form is answered from our own backends,
-never fetched from the host it names; C{CONNECT} is refused), and the size
-limits (431, 414, 413).  A rejected request is answered and its connection
-closed; nothing of it reaches a backend.  llhttp gives some verdicts on a
+and invalid chunk sizes.  What llhttp leaves to a server is judged by
+L{txlb.http.head}: HTTP/1.0 and 1.1 only, one valid C{Host}, no coding but
+C{chunked}, the request-target's forms (C{CONNECT} is refused) and the
+body size limit; this module adds the head's limits (431, 414).  A
+rejected request is answered and its connection closed; nothing of it
+reaches a backend.  llhttp gives some verdicts on a
 head only after C{on_headers_complete} has returned, so a request is
 handed on only once llhttp has gone past its head without error (its body
 has begun, it is complete, or the read ended).
@@ -46,8 +44,7 @@ from twisted.python.failure import Failure
 
 from txlb.config import ClientConfig
 from txlb.http import wire
-from txlb.http.authority import authority_error
-from txlb.http.codings import transfer_coding_error
+from txlb.http.head import Refused, judge
 from txlb.http.request import ClientRequest, ResponseFlow
 from txlb.http.requestline import method_error
 from txlb.net import fastio
@@ -55,17 +52,6 @@ from txlb.net.admission import ClientLimit, Refuse
 from txlb.net.deadline import Deadline
 
 __all__ = ["HTTPFrontend", "HTTPFrontendFactory"]
-
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-
-
-class _Reject(Exception):
-    """A request to answer with C{status} and close the connection."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
 
 
 class HTTPFrontend(Protocol):
@@ -87,8 +73,8 @@ class HTTPFrontend(Protocol):
         self._active: ClientRequest | None = None
         self._queue: deque[ClientRequest] = deque()
         # Answered (then the connection closes) once the queue is done.
-        self._failure: _Reject | None = None
-        self._reject: _Reject | None = None
+        self._failure: Refused | None = None
+        self._reject: Refused | None = None
         # A request whose head passed the checks here, held until llhttp
         # has accepted it too (see _release).
         self._held: ClientRequest | None = None
@@ -142,14 +128,14 @@ class HTTPFrontend(Protocol):
             if self._held is not None:
                 self._release()
         except httptools.HttpParserCallbackError as e:
-            reject = self._reject or _Reject(400, f"{e.__context__ or e}")
+            reject = self._reject or Refused(400, f"{e.__context__ or e}")
             self._fail(reject)
             return
         except httptools.HttpParserInvalidMethodError:
-            self._fail(_Reject(*method_error(data, between_requests)))
+            self._fail(Refused(*method_error(data, between_requests)))
             return
         except httptools.HttpParserError as e:
-            self._fail(_Reject(400, str(e)))
+            self._fail(Refused(400, str(e)))
             return
         if self._held is not None:
             # A head that came without its body (or with all of it but
@@ -183,53 +169,19 @@ class HTTPFrontend(Protocol):
         request = self._incoming
         assert request is not None
         parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            if parser.get_http_version() < "1.0":
-                self._refuse(400, "HTTP/0.9 is not served")
-            self._refuse(505, f"HTTP/{parser.get_http_version()} is not served")
-        request.version = version
-        request.method = parser.get_method() or b""
-        request.keep_alive = parser.should_keep_alive()
-        if request.method == b"CONNECT":
-            self._refuse(405, "CONNECT is not served: txlb is no forward proxy")
-        hosts = 0
-        length: int | None = 0
-        codings: list[bytes] = []
-        for name, value in request.headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts += 1
-                request.host = value
-            elif lower == b"content-length":
-                length = int(value)  # llhttp checked: digits, one header
-            elif lower == b"transfer-encoding":
-                if version == b"HTTP/1.0":
-                    self._refuse(400, "Transfer-Encoding on an HTTP/1.0 request")
-                codings.append(value)
-            elif lower == b"connection":
-                request.connection.append(value)
-            elif lower == b"upgrade" and not request.upgrade:
-                request.upgrade = value
-            elif lower == b"expect" and value.lower() == b"100-continue":
-                request.expect_continue = True
-        if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
-            self._refuse(400, f"{hosts} Host headers (one is required)")
-        if request.host:
-            why = authority_error(request.host)
-            if why is not None:
-                self._refuse(400, f"invalid Host: {why}")
-        if codings:
-            refusal = transfer_coding_error(codings)
-            if refusal is not None:
-                self._refuse(*refusal)
-            length = None
-        request.body_length = length
-        limit = self.limits.max_body_size
-        if limit and length is not None and length > limit:
-            self._refuse(413, f"body of {length} bytes over max_body_size")
-        self._target(request)
-        if length == 0:
+        method = parser.get_method() or b""
+        try:
+            judge(
+                request,
+                parser.get_http_version(),
+                method,
+                parser.should_keep_alive(),
+                self.limits,
+            )
+        except Refused as refused:
+            self._reject = refused
+            raise
+        if request.body_length == 0:
             self._disarm()
         else:
             self._arm("body", self.limits.body_timeout)
@@ -270,37 +222,9 @@ class HTTPFrontend(Protocol):
 
     # --- requests -----------------------------------------------------------------
 
-    def _target(self, request: ClientRequest) -> None:
-        """Check the request-target's form; absolute-form becomes origin-form."""
-        uri = request.uri
-        if uri.startswith(b"/"):
-            return
-        if uri == b"*" and request.method == b"OPTIONS":
-            return
-        scheme, sep, rest = uri.partition(b"://")
-        if sep and scheme.lower() in (b"http", b"https"):
-            # RFC 9112 3.2.2: the target's authority replaces Host.  The
-            # request still goes to our backends, never to that host.
-            authority, slash, path = rest.partition(b"/")
-            if authority:
-                request.uri = b"/" + path if slash else b"/"
-                if b"?" in authority:
-                    authority, _, query = authority.partition(b"?")
-                    request.uri = b"/?" + query
-                why = authority_error(authority)
-                if why is not None:
-                    self._refuse(400, f"invalid request target: {why}")
-                request.host = authority
-                request.headers = [
-                    (n, v) for n, v in request.headers if n.lower() != b"host"
-                ]
-                request.headers.insert(0, (b"Host", authority))
-                return
-        self._refuse(400, "invalid request target")
-
     def _refuse(self, status: int, why: str) -> NoReturn:
         """Reject the request being parsed (raised through llhttp)."""
-        self._reject = _Reject(status, why)
+        self._reject = Refused(status, why)
         raise self._reject
 
     def _release(self) -> None:
@@ -365,7 +289,7 @@ class HTTPFrontend(Protocol):
         if not self._queue:
             self.resume("pipeline")
 
-    def _fail(self, reject: _Reject) -> None:
+    def _fail(self, reject: Refused) -> None:
         """
         A request was invalid: answer it once those before it are answered,
         then close.  An active request whose body broke is abandoned.
@@ -397,7 +321,7 @@ class HTTPFrontend(Protocol):
         if active is None and not self._queue:
             self._answer_failure(reject)
 
-    def _answer_failure(self, reject: _Reject) -> None:
+    def _answer_failure(self, reject: Refused) -> None:
         self.factory.rejected += 1
         self.send(wire.plain(reject.status, reject.why))
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -488,9 +412,9 @@ class HTTPFrontend(Protocol):
         if phase == "idle":
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif phase == "head":
-            self._fail(_Reject(408, "request head not received in time"))
+            self._fail(Refused(408, "request head not received in time"))
         elif phase == "body":
-            self._fail(_Reject(408, "request body not received in time"))
+            self._fail(Refused(408, "request body not received in time"))
 
 
 class HTTPFrontendFactory(Factory):
