@@ -3,8 +3,9 @@ One client request's trip to a backend and back: the L{Exchange}.
 
 The exchange gets a lease (L{txlb.core.queue}), a connection from the
 backend's pool (L{txlb.http.upstream}) and streams both ways with
-back-pressure: a request with a body starts as soon as its head is in (the
-client is paused until the backend connection is up), and the exchange is
+back-pressure: a request with a body starts as soon as its head is in (its
+body is read on up to L{HOLD} until the backend connection is up, so a
+client that leaves meanwhile is seen), and the exchange is
 the producer of the response, so a client that does not read pauses the
 backend read (and its timeout).  A failure before any answer is retried on
 another backend when the request can be replayed.  An C{Upgrade} request
@@ -35,11 +36,10 @@ from txlb.net.connect import ConnectAttempt
 from txlb.net.tunnel import Relay
 from txlb.observe.accesslog import record
 
-__all__ = ["Exchange"]
+__all__ = ["HOLD", "Exchange"]
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-# How a failed exchange is described in the backend's ejection cause.
 HOLD = 64 * 1024
 """
 Bytes of a request body read while it waits for a backend (in the queue, or
@@ -48,6 +48,7 @@ disconnects is noticed at once; past it, the end of its connection waits
 unread behind the rest of its body until a backend takes the request.
 """
 
+# How a failed exchange is described in the backend's ejection cause.
 _FAILURES = {
     101: "the tunnel broke mid-stream",  # (failed only if the backend broke it)
     499: "",
