@@ -5,6 +5,7 @@
 #   make venv     .venv with txlb installed (not editable) and the test tools
 #   make wheel    sdist and wheel built as a new user would, the wheel in a fresh venv
 #   make bench    txlb against nginx, HAProxy, Caddy, aiohttp, stock Twisted (< 10 min)
+#   make soak     the chaos soak, SOAK_SECONDS long (default 600)
 #   make clean
 
 PY ?= python3
@@ -28,7 +29,7 @@ DEPS_STAMP := $(VENV)/.deps-stamp
 INSTALL_STAMP := $(VENV)/.txlb-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: all test venv system-deps web-vendor wheel lint typecheck unit pytest demo bench clean
+.PHONY: all test venv system-deps web-vendor wheel lint typecheck unit pytest demo bench soak clean
 
 all: test
 
@@ -110,6 +111,13 @@ bench: system-deps venv $(BENCH_STAMP)
 
 demo: system-deps venv
 	$(BIN)/python scripts/demo.py
+
+# Chaos under load (scripts/soak.py): the report in test-output/soak/.  make
+# test runs a 60-second one (tests/integration/test_soak.py).
+SOAK_SECONDS ?= 600
+soak: system-deps venv
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --rss-bound 10 \
+		--workdir test-output/soak --json test-output/soak/report.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info node_modules web/vendor \

@@ -13,8 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import registry_of
 from txlb.config import Address, BackendConfig
-from txlb.core.hashring import POINTS, ConsistentHash, Ring, position
+from txlb.core.hashring import ConsistentHash
 from txlb.core.registry import Lease, Registry
+from txlb.core.ring import POINTS, Ring, position
 from txlb.requestkey import RequestKey
 
 KEYS = [b"user-%d" % i for i in range(10_000)]

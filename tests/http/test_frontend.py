@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import gc
 
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import Harness
+from tests.support import Backend, Harness
+from txlb.http.frontend import HTTPFrontend
 
 GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -270,6 +272,40 @@ class GarbageTests(SynchronousTestCase):
             backend.reply(OK)
         self.assertEqual(gc.collect(), 0)
 
+    def test_closed_connections_leave_no_cycles(self) -> None:
+        """
+        A closed client connection, idle, after a request, refused or timed
+        out, leaves no reference cycle: its llhttp parser, which holds the
+        protocol's bound methods, is let go when the connection closes
+        (issue 16's soak: the cycles piled up between the cycle
+        collector's rare full passes, a few MiB in minutes).
+        """
+        # The refusals are logged: to a logger of their own, since events
+        # the global log buffer lets go (older tests') free their garbage.
+        self.patch(HTTPFrontend, "log", Logger(observer=lambda event: None))
+        h = Harness(backends=1, extra="header_timeout = 5s\n")
+        warm = h.client()
+        warm.send(GET)
+        backend = h.accept()
+        backend.reply(OK)
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        self.addCleanup(lambda: gc.enable() if enabled else None)
+        for _ in range(20):
+            for send in (b"", GET, b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\n"):
+                client = h.client()
+                if send:
+                    client.send(send)
+                if send == GET:
+                    backend.reply(OK)
+                h.reactor.advance(6)  # past header_timeout
+                client.transport.loseConnection()
+                # As Twisted's TCP transport does once the connection is lost.
+                client.transport.protocol = None
+        del client
+        self.assertEqual(gc.collect(), 0)
+
 
 class ShutdownTests(SynchronousTestCase):
     def test_settle_closes_after_the_response(self) -> None:
@@ -287,3 +323,148 @@ class ShutdownTests(SynchronousTestCase):
         backend.reply(OK)
         self.assertIn(b"\r\nConnection: close\r\n", busy.received())
         self.assertFalse(busy.transport.connected)
+
+
+class HeldHeadTests(SynchronousTestCase):
+    """
+    A request is started (handed to a backend) only once llhttp has gone
+    past its whole head without error: llhttp judges some heads only after
+    on_headers_complete has returned (issue 16).
+    """
+
+    def warm(self, h: Harness) -> tuple[Backend, bytes]:
+        """A pooled, idle backend connection, and what it has received."""
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        backend.reply(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
+        return backend, backend.received()
+
+    def assert_nothing_sent(self, h: Harness, backend: Backend, before: bytes) -> None:
+        self.assertEqual(backend.received(), before)
+        self.assertTrue(backend.transport.connected)  # still pooled, not aborted
+        self.assertEqual(h.pending_connects(), [])
+        self.assertEqual(h.active(), [0])
+
+    def test_unknown_final_coding_sends_nothing(self) -> None:
+        """
+        A head whose Transfer-Encoding ends in a coding other than chunked,
+        alone in its read or with a body, gets 400 and not a byte reaches
+        the idle pooled connection (it was sent, rewritten as chunked, and
+        aborted before).
+        """
+        h = Harness(backends=1)
+        backend, before = self.warm(h)
+        for coding in (b"gzip", b"blegh", b"xchunked", b"\xffchunked", b"chunked\xff"):
+            for body in (b"", b"5\r\nhello\r\n0\r\n\r\n"):
+                client = h.client()
+                client.send(
+                    b"POST /refused HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                    + coding
+                    + b"\r\n\r\n"
+                    + body
+                )
+                self.assertEqual(status(client.received()), 400, coding)
+                self.assertFalse(client.transport.connected)
+                self.assert_nothing_sent(h, backend, before)
+
+    def test_coding_before_chunked_is_501(self) -> None:
+        """
+        gzip before chunked, in one line or two, is 501 (RFC 9112 6.1),
+        never forwarded as plain chunked with the body still coded.
+        """
+        h = Harness(backends=1)
+        backend, before = self.warm(h)
+        for codings in (b"gzip, chunked", b"gzip\r\nTransfer-Encoding: chunked"):
+            client = h.client()
+            client.send(
+                b"POST /refused HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                + codings
+                + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            self.assertEqual(status(client.received()), 501, codings)
+            self.assert_nothing_sent(h, backend, before)
+
+    def test_invalid_host_is_400(self) -> None:
+        """An invalid Host or absolute-form authority: 400, nothing started."""
+        h = Harness(backends=1)
+        backend, before = self.warm(h)
+        for request in (
+            b"GET /refused HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET /refused HTTP/1.1\r\nHost: \xc3\xa9.example\r\n\r\n",
+            b"GET /refused HTTP/1.1\r\nHost: evil.example/x@a\r\n\r\n",
+            b"GET /refused HTTP/1.0\r\nHost: a:b\r\n\r\n",
+            b"GET http://user@a/refused HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a:b/refused HTTP/1.1\r\nHost: a\r\n\r\n",
+        ):
+            client = h.client()
+            client.send(request)
+            self.assertEqual(status(client.received()), 400, request)
+            self.assertIn(b"invalid ", client.received())
+            self.assert_nothing_sent(h, backend, before)
+
+    def test_broken_first_chunk_sends_nothing(self) -> None:
+        """
+        A chunked body broken in the head's own read, or over max_body_size
+        in its first piece, is refused before the head went anywhere.
+        """
+        h = Harness(backends=1, extra="max_body_size = 4\n")
+        backend, before = self.warm(h)
+        head = (
+            b"POST /refused HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for body, code in ((b"zz\r\n", 400), (b"5\r\nhello\r\n", 413)):
+            client = h.client()
+            client.send(head + body)
+            self.assertEqual(status(client.received()), code, body)
+            self.assert_nothing_sent(h, backend, before)
+
+    def test_head_alone_starts_when_its_read_ends(self) -> None:
+        """
+        A valid head that arrives without its body is started once its read
+        is parsed, so the body streams as it comes.
+        """
+        h = Harness(backends=1)
+        backend, before = self.warm(h)
+        client = h.client()
+        client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        sent = backend.received()[len(before) :]
+        self.assertTrue(sent.startswith(b"POST /up HTTP/1.1\r\n"), sent)
+        self.assertTrue(sent.endswith(b"\r\n\r\n"), sent)
+        client.send(b"hello")
+        self.assertTrue(backend.received().endswith(b"\r\n\r\nhello"))
+        backend.reply(OK)
+        self.assertTrue(client.received().endswith(b"\r\n\r\nok"))
+
+    def test_pipelined_good_then_refused(self) -> None:
+        """
+        A good GET and a refused POST in one read: the GET is answered, the
+        POST gets its 400, and the backend never sees the POST.
+        """
+        h = Harness(backends=1)
+        backend, _ = self.warm(h)
+        client = h.client()
+        client.send(
+            GET + b"POST /refused HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip"
+            b"\r\n\r\n0\r\n\r\n"
+        )
+        backend.reply(OK)
+        response = client.received()
+        self.assertIn(b"\r\n\r\nokHTTP/1.1 400 Bad Request\r\n", response)
+        self.assertNotIn(b"/refused", backend.received())
+        self.assertEqual(h.active(), [0])
+
+    def test_malformed_line_after_a_good_request_is_400(self) -> None:
+        """
+        After a good GET in the same read, a malformed request line is 400
+        and an unknown method 501: the failing line is judged, not the GET's.
+        """
+        for line, code in ((b"G(T / HTTP/1.1", 400), (b"FOO / HTTP/1.1", 501)):
+            h = Harness(backends=1)
+            client = h.client()
+            client.send(GET + line + b"\r\nHost: a\r\n\r\n")
+            h.accept().reply(OK)
+            responses = client.received().split(b"HTTP/1.1 ")[1:]
+            self.assertEqual([status(b"x " + r) for r in responses], [200, code])
+            self.assertFalse(client.transport.connected)

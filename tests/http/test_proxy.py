@@ -455,22 +455,33 @@ class ClientGoneTests(SynchronousTestCase):
 
 class StreamingTests(SynchronousTestCase):
     def test_upload_streams(self) -> None:
-        """A body is paused until the backend is connected, then streamed
-        as it arrives, before the request is complete."""
+        """A body read while the backend connects is kept, sent once it is
+        up, then streamed as it arrives, before the request is complete."""
         h = Harness(backends=1)
         client = h.client()
-        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
-        self.assertEqual(client.transport.producerState, "paused")
+        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n\r\n")
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(b"early")
         backend = h.accept()
         self.assertEqual(client.transport.producerState, "producing")
+        self.assertTrue(backend.received().endswith(b"\r\n\r\nearly"))
         client.send(b"01234")
-        self.assertTrue(backend.received().endswith(b"\r\n\r\n01234"))
-        self.assertIn(b"Content-Length: 10\r\n", backend.received())
+        self.assertTrue(backend.received().endswith(b"\r\n\r\nearly01234"))
+        self.assertIn(b"Content-Length: 15\r\n", backend.received())
         client.send(b"56789")
-        self.assertTrue(backend.received().endswith(b"0123456789"))
+        self.assertTrue(backend.received().endswith(b"early0123456789"))
         backend.reply(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(client.received().startswith(b"HTTP/1.1 201 "))
         self.assertEqual(h.active(), [0])
+
+    def test_body_deadline_runs_while_read(self) -> None:
+        """The body deadline still runs while the body is read: a client that
+        stops sending gets 408."""
+        h = Harness(backends=1)
+        client = h.client()
+        client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01")
+        h.reactor.advance(61)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 408 "))
 
     def test_body_in_the_head_packet(self) -> None:
         """Body bytes that arrive with the head, before any backend connection

@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import Harness
+from txlb.http.exchange import HOLD
 
 GET = b"GET /path HTTP/1.1\r\nHost: example.com\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -87,6 +88,60 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(
             (len(h.registry.queue), h.registry.queue.full_rejections), (1, 1)
         )
+
+    def test_client_with_a_body_leaves_while_waiting(self) -> None:
+        """
+        A queued request whose body is still coming keeps its client read
+        (up to HOLD), so a disconnect is seen at once: it leaves the queue,
+        and nothing of it reaches the backend.
+        """
+        h = limited()
+        first, second = h.client(), h.client()
+        first.send(GET)
+        backend = h.accept()
+        second.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nab")
+        self.assertEqual(len(h.registry.queue), 1)
+        self.assertEqual(second.transport.producerState, "producing")
+        second.send(b"cd")
+        second.transport.loseConnection()
+        self.assertEqual(len(h.registry.queue), 0)
+        backend.transport.clear()
+        backend.reply(OK)
+        self.assertEqual(h.pending_connects(), [])
+        self.assertEqual(backend.received(), b"")
+        self.assertEqual(h.active(), [0])
+        self.assertEqual(sorted(r["status"] for r in h.records), [200, 499])
+
+    def test_body_held_up_to_a_bound(self) -> None:
+        """
+        While a request waits, its body is read up to HOLD bytes, then its
+        client is paused, and its body deadline with it (the client is not
+        late while it is not read); all of the body reaches the backend.
+        """
+        h = limited(queue_timeout=600)
+        first, second = h.client(), h.client()
+        first.send(GET)
+        backend = h.accept()
+        size = HOLD + 10_000
+        head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+        second.send(head % size)
+        piece = b"x" * 8192
+        sent = 0
+        while second.transport.producerState == "producing":
+            second.send(piece)
+            sent += len(piece)
+        self.assertEqual(sent, HOLD)
+        # Past body_timeout and body_min_rate's allowance (60 + 64 s), paused.
+        h.reactor.advance(300)
+        self.assertEqual(second.received(), b"")
+        backend.transport.clear()
+        backend.reply(OK)
+        if h.pending_connects():
+            backend = h.accept()
+        self.assertEqual(second.transport.producerState, "producing")
+        second.send(b"y" * (size - sent))
+        body = backend.received().split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(body, b"x" * sent + b"y" * (size - sent))
 
     def test_client_leaves_while_waiting(self) -> None:
         """

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -99,3 +101,48 @@ def test_fast_failing_backend_is_ejected(
     assert state["state"] == "ejected", state
     assert "consecutive failures (last: answered 500)" in state["history"][-1]["reason"]
     assert_no_leaks(lb)
+
+
+class _Garbage:
+    """A backend on a loopback port that answers every request with C{answer}."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+
+def test_probe_reason_in_words(balancer: Callable[..., Balancer]) -> None:
+    """
+    A backend whose health answer is not HTTP leaves rotation with its
+    reason in words in /api/server-stats: what Twisted could not parse,
+    the backend's bytes escaped, not a Failure's repr.
+    """
+    garbage = _Garbage(b"HTTP/1.1 2\x1b[31m00 \xffOK\r\n\r\n")
+    try:
+        lb = balancer(
+            [("garbage", garbage.port)],
+            health="interval = 500ms\ntimeout = 200ms\nfall = 1\nrise = 1",
+        )
+        wait_until(lambda: not lb.stats()["backends"][0]["healthy"], 5)
+        left = lb.stats()["backends"][0]["history"][-1]
+        assert left["reason"] == (
+            "1/1 probes bad: probe failed: invalid HTTP response: non-integer"
+            " status code: 'HTTP/1.1 2\\x1b[31m00 \\xffOK'"
+        ), left
+    finally:
+        garbage.listener.close()

@@ -3,12 +3,14 @@ Hostile and malformed HTTP/1.1 requests against the real ``twistd -n txlb``
 (issue 8), in front of a recording backend.
 
 Each case sends raw bytes on a fresh connection and reads until txlb closes
-it.  A rejected request must get its status, the connection must then be
-closed by txlb, and no byte of the request may reach the backend: every
-request carries a marker (``case-NAME``, usually as its path) that the
-recorder must never have seen.  The statuses are those RFC 9112 asks for, as
-HAProxy and nginx answer them (400 for a malformed message; the limits 413,
-414 and 431).
+it, after a good request has left an idle backend connection in txlb's pool
+(a refused head once leaked onto one, issue 16).  A rejected request must
+get its status, the connection must then be closed by txlb, and no byte of
+the request may reach the backend: every request carries a marker
+(``case-NAME``, usually as its path) that the recorder must never have
+seen, and the pooled connection must still be open.  The statuses are
+those RFC 9112 asks for, as HAProxy and nginx answer them (400 for a
+malformed message; the limits 413, 414 and 431).
 
 Cases the current front end (llhttp through httptools, since 06012b3) gets
 wrong are marked C{xfail(strict=True)} one by one, each with what it does
@@ -94,6 +96,7 @@ class Recorder:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._connections: list[bytearray] = []
+        self._open: dict[int, bytearray] = {}  # by id: bytearrays compare by value
         self._answered: list[tuple[bytes, bytes]] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -109,6 +112,14 @@ class Recorder:
         record = bytearray()
         with self._lock:
             self._connections.append(record)
+            self._open[id(record)] = record
+        try:
+            self._answer(conn, record)
+        finally:
+            with self._lock:
+                del self._open[id(record)]
+
+    def _answer(self, conn: socket.socket, record: bytearray) -> None:
         buf = b""
         with conn:
             while True:
@@ -142,6 +153,14 @@ class Recorder:
         """Every byte received so far, on all connections."""
         with self._lock:
             return b"\0".join(bytes(c) for c in self._connections)
+
+    def open_connections(self) -> int:
+        """
+        Connections txlb holds open to the recorder now that have carried a
+        request (not a health check's TCP connect, which sends nothing).
+        """
+        with self._lock:
+            return sum(1 for record in self._open.values() if record)
 
     def answered(self) -> list[tuple[bytes, bytes]]:
         """(head, body) of every request answered so far, in order."""
@@ -396,10 +415,62 @@ REJECTED = [
         b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n"
         b"0\r\n\r\n",
     ),
+    # A final coding other than chunked: the body's length cannot be known,
+    # 400 (RFC 9112 6.3, a MUST).  llhttp says so only after the head's
+    # callback has returned: these heads once reached a pooled backend
+    # connection (issue 16).
+    *(
+        case(
+            f"te-final-{name}{'-head-alone' if alone else ''}",
+            b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: " + coding + b"\r\n\r\n"
+            b"" + (b"" if alone else b"5\r\nhello\r\n0\r\n\r\n"),
+        )
+        for name, coding in [
+            ("xchunked", b"xchunked"),
+            ("gzip", b"gzip"),
+            ("blegh", b"blegh"),
+            ("identity", b"identity"),
+            ("chunked-param", b"chunked;x=1"),
+            ("high-bytes", b"\xffchunked\xff"),
+            ("high-byte-after", b"chunked\x80"),
+            ("utf8-space", b"\xc2\xa0chunked"),
+        ]
+        for alone in (False, True)
+    ),
+    # A coding before chunked: 501 (RFC 9112 6.1), never dropped while the
+    # body goes on coded; in one line or several.
     case(
-        "te-unknown",
-        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-        (400, 501),
+        "te-gzip-chunked",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        (501,),
+    ),
+    case(
+        "te-deflate-param-chunked",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: deflate;q=1 , chunked"
+        b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        (501,),
+    ),
+    case(
+        "te-gzip-line-then-chunked-line",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        (501,),
+    ),
+    case(
+        "te-chunked-line-then-gzip-line",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    case(
+        "te-chunked-line-twice",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    case(
+        "te-not-token-before-chunked",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: \xffgzip, chunked\r\n\r\n"
+        b"0\r\n\r\n",
     ),
     case(
         "te-chunked-twice",
@@ -434,6 +505,47 @@ REJECTED = [
         b"5\r\nhelloXX0\r\n\r\n",
         head_may_reach=True,
     ),
+    # Host must be RFC 3986's host [":" port] (RFC 9112 3.2: else 400).
+    *(
+        case(f"host-{name}", b"GET {m} HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        for name, host in [
+            ("space", b"a b"),
+            ("tab", b"a\tb"),
+            ("high-byte", b"h\xff.example"),
+            ("utf8", b"caf\xc3\xa9.example"),
+            ("path-userinfo", b"evil.example/x@a"),
+            ("userinfo", b"user@h.example"),
+            ("path", b"h.example/x"),
+            ("query", b"h.example?x"),
+            ("fragment", b"h.example#x"),
+            ("backslash", b"h.example\\x"),
+            ("port-letters", b"h.example:8o"),
+            ("two-ports", b"h.example:80:80"),
+            ("port-only", b":80"),
+            ("bad-pct", b"h%zz.example"),
+            ("ipv6-open", b"[::1"),
+            ("ipv6-bad", b"[::1::2]"),
+            ("ipv6-zone", b"[fe80::1%eth0]"),
+            ("ipv6-trailing", b"[::1]x"),
+            ("quote", b'h"x'),
+            ("angle", b"<h>"),
+        ]
+    ),
+    case("host-invalid-http10", b"GET {m} HTTP/1.0\r\nHost: a b\r\n\r\n"),
+    # An absolute-form target's authority replaces Host: the same rules, and
+    # userinfo is an error (RFC 9110 4.2.4), not stripped.
+    case(
+        "authority-userinfo",
+        b"GET http://user@h.example{m} HTTP/1.1\r\n" + H + b"\r\n",
+    ),
+    case(
+        "authority-port-letters",
+        b"GET http://h.example:8o{m} HTTP/1.1\r\n" + H + b"\r\n",
+    ),
+    case(
+        "authority-with-invalid-host",
+        b"GET http://h.example{m} HTTP/1.1\r\nHost: a b\r\n\r\n",
+    ),
     # CONNECT: txlb is no forward proxy.
     case(
         "connect",
@@ -447,6 +559,21 @@ def marker(name: str) -> bytes:
     return b"/case-" + name.encode()
 
 
+def warm(setup: Setup) -> int:
+    """
+    Leave an idle backend connection in txlb's pool (a good request), so a
+    refused request finds one to leak onto; the connections open to the
+    recorder.
+    """
+    result = send(
+        setup.port, b"GET /warm HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+    )
+    assert [r.status for r in result.responses] == [200], result
+    opened = setup.recorder.open_connections()
+    assert opened >= 1
+    return opened
+
+
 def assert_rejected(
     setup: Setup,
     name: str,
@@ -458,6 +585,7 @@ def assert_rejected(
     bare = mark.lstrip(b"/")
     data = raw.replace(b"{m}", mark).replace(b"{n}", bare)
     assert bare in data
+    opened = warm(setup)
     result = send(setup.port, data)
     assert result.responses, result
     assert result.responses[0].status in statuses, result
@@ -470,6 +598,8 @@ def assert_rejected(
         assert bare not in result.raw
     else:
         assert bare not in setup.recorder.received()
+        # Nor was the pooled connection used and aborted.
+        assert setup.recorder.open_connections() == opened
 
 
 @pytest.mark.parametrize(("name", "raw", "statuses", "head_may_reach"), REJECTED)
@@ -478,7 +608,8 @@ def test_rejected(
 ) -> None:
     """
     A malformed or smuggling-prone request is answered with its error
-    status, the connection is closed, and the backend never gets it.
+    status, the connection is closed, and the backend never gets a byte of
+    it, even with an idle connection to it pooled.
     """
     assert_rejected(lb, name, raw, statuses, head_may_reach)
 
@@ -643,6 +774,83 @@ def test_pipelined_valid_then_invalid(lb: Setup) -> None:
     received = lb.recorder.received()
     assert b"case-pipe-good" in received
     assert b"case-pipe-bad" not in received
+
+
+PIPELINED_AFTER_GOOD = [
+    # (name, second request, its status): judged by its own line (issue 16:
+    # the first request's line was, so a malformed one got 501).
+    ("malformed-method", b"G(T {m} HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("no-target", b"GET\r\nX-Case: {m}\r\n\r\n", 400),
+    ("unknown-method", b"FOO {m} HTTP/1.1\r\n" + H + b"\r\n", 501),
+    (
+        "unknown-final-coding",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "coding-before-chunked",
+        b"POST {m} HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        501,
+    ),
+    ("invalid-host", b"GET {m} HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "second", "status"),
+    PIPELINED_AFTER_GOOD,
+    ids=[c[0] for c in PIPELINED_AFTER_GOOD],
+)
+def test_pipelined_after_good(lb: Setup, name: str, second: bytes, status: int) -> None:
+    """
+    A good GET, or a good POST with a body, then a refused request, all in
+    one send: 200, then the second's own status, closed; the backend got
+    the first request and not a byte of the second.
+    """
+    mark = b"/case-after-" + name.encode()
+    bare = mark.lstrip(b"/")
+    for first in (
+        b"GET /case-first HTTP/1.1\r\n" + H + b"\r\n",
+        b"POST /case-first HTTP/1.1\r\n" + H + b"Content-Length: 8\r\n\r\nFOO / G(",
+    ):
+        opened = warm(lb)
+        result = send(lb.port, first + second.replace(b"{m}", mark))
+        assert [r.status for r in result.responses] == [200, status], result
+        assert result.closed
+        time.sleep(0.2)
+        assert bare not in lb.recorder.received()
+        assert lb.recorder.open_connections() == opened
+
+
+def test_valid_hosts_forwarded(lb: Setup) -> None:
+    """
+    The forms RFC 3986 allows (a name with a port, IPv4, IPv6, IPvFuture,
+    sub-delims, pct-encoding, and an empty Host) are forwarded as sent,
+    and copied into X-Forwarded-Host.
+    """
+    hosts = [
+        b"h.example:8080",
+        b"192.0.2.1",
+        b"[2001:db8::1]:443",
+        b"[v1.x]",
+        b"a-b_c~d!$&'()*+,;=",
+        b"caf%C3%A9.example",
+        b"",
+    ]
+    for i, host in enumerate(hosts):
+        path = b"/case-host-ok-%d" % i
+        result = send(
+            lb.port,
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host),
+        )
+        assert [r.status for r in result.responses] == [200], (host, result)
+        [head] = [h for h, _ in lb.recorder.answered() if path + b" " in h]
+        lines = head.split(b"\r\n")[1:]
+        assert [v for v in lines if v.lower().startswith(b"host:")] == [
+            b"Host: " + host
+        ], head
+        assert b"X-Forwarded-Host: " + host in lines, head
 
 
 # --- framing ------------------------------------------------------------------

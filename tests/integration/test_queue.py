@@ -170,3 +170,52 @@ def test_queue_timeout_and_full_queue_answer_503(
     assert totals["queued_total"] == timed_out
     assert backend.stats()["requests"] == 2
     assert elapsed < 10
+
+
+def test_queued_client_with_a_body_that_leaves_is_noticed_at_once(
+    processes: Processes, tmp_path: Path, demo_backend: Callable[..., Backend]
+) -> None:
+    """
+    Two slow GETs hold both slots; a POST whose body is still coming waits
+    in the queue; its client closes: it leaves the queue at once (not when
+    a slot frees 3 s later), the access log says 499 and the backend never
+    sees it.
+    """
+    import socket
+
+    backend = demo_backend("slowest", delay="3s")
+    balancer = _start(processes, tmp_path, backend, "queue_timeout = 30s")
+    holders = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+        conn.request("GET", "/hold")
+        holders.append(conn)
+    deadline = time.monotonic() + 5
+    while balancer.stats()["totals"]["active_connections"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    post = socket.create_connection(("127.0.0.1", balancer.port))
+    post.sendall(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nfirst bytes"
+    )
+    deadline = time.monotonic() + 5
+    while balancer.stats()["totals"]["queued"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    post.close()
+    left = time.monotonic()
+    while balancer.stats()["totals"]["queued"]:
+        assert time.monotonic() - left < 1.0, "the queued client's leaving not seen"
+        time.sleep(0.02)
+    assert balancer.stats()["totals"]["active_connections"] == 2
+    for conn in holders:
+        assert conn.getresponse().status == 200
+        conn.close()
+    _settled(balancer)
+    assert backend.stats()["requests"] == 2
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    deadline = time.monotonic() + 5
+    while len(lines) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        lines = (tmp_path / "access.log").read_text().splitlines()
+    assert any(" 499 " in line and "/upload" in line for line in lines), lines

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,3 +55,30 @@ class DeadlineTests(SynchronousTestCase):
         self.deadline.set(1)
         self.deadline.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_lets_the_owner_go(self) -> None:
+        """
+        A stopped deadline drops its callback: an owner that holds its
+        deadline and gave it a bound method is then freed by reference
+        counting, not left as a cycle (issue 16's soak).
+        """
+
+        class Owner:
+            def __init__(self, clock: Clock) -> None:
+                self.deadline = Deadline(clock, self.expired)
+
+            def expired(self) -> None:
+                raise AssertionError("a stopped deadline fired")
+
+        owner = Owner(self.clock)
+        owner.deadline.set(1)
+        owner.deadline.stop()
+        gone = weakref.ref(owner)
+        enabled = gc.isenabled()
+        gc.disable()
+        self.addCleanup(lambda: gc.enable() if enabled else None)
+        deadline = owner.deadline
+        del owner
+        self.assertIsNone(gone())
+        deadline.set(1)  # set again after a stop: harmless
+        self.clock.advance(2)

@@ -1,7 +1,7 @@
 """
 Consistent hashing with bounded loads: C{algorithm = hash}.
 
-The ring (L{Ring}) places each backend at C{POINTS} points per unit of
+The ring (L{txlb.core.ring.Ring}) places each backend at C{POINTS} points per unit of
 weight, each point a 64-bit BLAKE2b hash of the backend's name and the
 point's number, so every process and every restart builds the same ring
 from the same names and weights.  A request's key is hashed the same way
@@ -36,160 +36,19 @@ from __future__ import annotations
 import hmac
 import math
 import os
-from array import array
-from bisect import bisect_right
-from collections.abc import Container, Iterable, Sequence
-from hashlib import blake2b
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Container, Sequence
+from typing import Any, ClassVar
 
 from txlb.core.policies import C, Choosable, LeastConn
+from txlb.core.ring import SLOT, Ring, position
 
-__all__ = ["MAX_POINTS", "POINTS", "ConsistentHash", "Ring", "position"]
-
-POINTS = 160
-"""Points on the ring per unit of weight (nginx's ketama uses as many)."""
-
-MAX_POINTS = 1 << 20
-"""The ring's largest size: beyond it every backend's points are halved."""
+__all__ = ["ConsistentHash"]
 
 _REFRESH = 64
 """
 Keyed picks between two sums of the load counted elsewhere (C{others}): at
 least this many, and at least as many as there are backends.
 """
-
-
-def position(data: bytes) -> int:
-    """A key's (or a point's) place on the ring: 64 bits of BLAKE2b."""
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
-
-
-def _points(name: str, count: int) -> list[int]:
-    """C{count} points of a backend (8 from each 64-byte digest), sorted."""
-    out: list[int] = []
-    base = name.encode("utf-8") + b"#"
-    i = 0
-    while len(out) < count:
-        digest = blake2b(base + b"%d" % i).digest()
-        out.extend(int.from_bytes(digest[j : j + 8], "big") for j in range(0, 64, 8))
-        i += 1
-    del out[count:]
-    out.sort()
-    return out
-
-
-Owner = TypeVar("Owner")
-
-
-_SLOT = 0xFFFF
-
-
-class Ring(Generic[Owner]):
-    """
-    Owners at points on a ring of 2**64 positions.
-
-    Each point is kept as one 64-bit number: the top 48 bits of its
-    position, and its owner's number in the low 16 bits.  So the ring is
-    one sorted array of machine words, built by one sort (of one sorted run
-    per owner, merged in C) and compact in memory.  A look-up reads the
-    bucket of its top bits (about one point per bucket) and bisects that
-    bucket only: a few reads, whatever the ring's size.
-
-    @ivar points: the encoded points, ascending.
-    @ivar members: the owners, by number.
-    """
-
-    def __init__(self, max_points: int = MAX_POINTS) -> None:
-        self.max_points = max_points
-        self.points: array[int] = array("Q")
-        self.members: list[Owner] = []
-        # starts[b]: the first point whose top bits are b or more, so that a
-        # look-up searches one bucket (a few points) of the array.
-        self._starts: array[int] = array("I", [0, 0])
-        self._shift = 63
-        self._cache: dict[str, tuple[int, list[int]]] = {}
-        self.signature: tuple[tuple[str, float], ...] = ()
-
-    def build(self, members: Iterable[tuple[Owner, str, float]]) -> None:
-        """
-        Place exactly C{members}: (owner, name, weight), C{POINTS} points
-        per unit of weight (at least one each), halved as often as it takes
-        to keep the ring within C{max_points} (L{MAX_POINTS}).
-        """
-        members = list(members)
-        if len(members) > _SLOT + 1:
-            raise ValueError(f"a ring holds at most {_SLOT + 1} members")
-        total = sum(POINTS * w for _, _, w in members)
-        scale = 1
-        while total / scale > self.max_points:
-            scale *= 2
-        cache = self._cache
-        points: list[int] = []
-        for slot, (_, name, weight) in enumerate(members):
-            count = max(1, round(POINTS * weight / scale))
-            cached = cache.get(name)
-            if cached is None or cached[0] != count:
-                masked = [p & ~_SLOT for p in _points(name, count)]
-                cached = cache[name] = (count, masked)
-            points.extend([p | slot for p in cached[1]])
-        points.sort()
-        self.points = array("Q", points)
-        self._index(points)
-        self.members = [owner for owner, _, _ in members]
-        names = {name for _, name, _ in members}
-        for gone in [n for n in cache if n not in names]:
-            del cache[gone]
-        self.signature = tuple((name, weight) for _, name, weight in members)
-
-    def _index(self, points: list[int]) -> None:
-        """About one bucket per point (at most 2**16): each point's top bits."""
-        bits = min(16, max(1, len(points).bit_length()))
-        shift = 64 - bits
-        starts = [0] * ((1 << bits) + 1)
-        for point in points:
-            starts[(point >> shift) + 1] += 1
-        total = 0
-        for b, n in enumerate(starts):
-            total += n
-            starts[b] = total
-        self._shift = shift
-        self._starts = array("I", starts)
-
-    def index(self, at: int) -> int:
-        """The point that owns position C{at}: the first after it."""
-        points = self.points
-        bucket = at >> self._shift
-        starts = self._starts
-        i = bisect_right(points, at | _SLOT, starts[bucket], starts[bucket + 1])
-        return i if i < len(points) else 0
-
-    def owner_at(self, i: int) -> Owner:
-        """The owner of point C{i}."""
-        return self.members[self.points[i] & _SLOT]
-
-    def owner(self, key: bytes) -> Owner:
-        """The owner of C{key} (the ring must not be empty)."""
-        return self.owner_at(self.index(position(key)))
-
-    @property
-    def owners(self) -> list[Owner]:
-        """The owner of each point, in order (O(points): for tests and views)."""
-        members = self.members
-        return [members[p & _SLOT] for p in self.points]
-
-    def shares(self) -> dict[Owner, float]:
-        """Each owner's part of the ring: the arcs that end at its points."""
-        points = self.points
-        if not points:
-            return {}
-        members = self.members
-        arcs = [0] * len(members)
-        previous = (points[-1] & ~_SLOT) - (1 << 64)
-        for point in points:
-            at = point & ~_SLOT
-            arcs[point & _SLOT] += at - previous
-            previous = at
-        return {owner: arcs[i] / (1 << 64) for i, owner in enumerate(members)}
 
 
 _cost = LeastConn.cost
@@ -349,7 +208,7 @@ class ConsistentHash:
         points = ring.points
         members = ring.members
         size = len(points)
-        seen = [members[points[start] & _SLOT]]
+        seen = [members[points[start] & SLOT]]
         distinct = len(self.members)
         factor = self.factor
         j = start
@@ -359,7 +218,7 @@ class ConsistentHash:
             j += 1
             if j == size:
                 j = 0
-            b = members[points[j] & _SLOT]
+            b = members[points[j] & SLOT]
             if b in seen:
                 continue
             seen.append(b)

@@ -21,6 +21,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import Interface, implementer
 
 from txlb.config import Address, HealthConfig
+from txlb.health.reasons import failure_reason
 
 __all__ = ["HTTPProbe", "IProbe", "TCPProbe", "Verdict", "judge"]
 
@@ -62,8 +63,7 @@ def describe(failure: Failure, timeout: float) -> Verdict:
     """A verdict for a probe that got no answer."""
     if failure.check(TimeoutError):
         return Verdict(False, f"probe timed out after {timeout:g}s")
-    message = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
-    return Verdict(False, f"probe failed: {message}")
+    return Verdict(False, f"probe failed: {failure_reason(failure)}")
 
 
 @implementer(IProbe)

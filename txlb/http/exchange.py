@@ -3,8 +3,9 @@ One client request's trip to a backend and back: the L{Exchange}.
 
 The exchange gets a lease (L{txlb.core.queue}), a connection from the
 backend's pool (L{txlb.http.upstream}) and streams both ways with
-back-pressure: a request with a body starts as soon as its head is in (the
-client is paused until the backend connection is up), and the exchange is
+back-pressure: a request with a body starts as soon as its head is in (its
+body is read on up to L{HOLD} until the backend connection is up, so a
+client that leaves meanwhile is seen), and the exchange is
 the producer of the response, so a client that does not read pauses the
 backend read (and its timeout).  A failure before any answer is retried on
 another backend when the request can be replayed.  An C{Upgrade} request
@@ -35,9 +36,17 @@ from txlb.net.connect import ConnectAttempt
 from txlb.net.tunnel import Relay
 from txlb.observe.accesslog import record
 
-__all__ = ["Exchange"]
+__all__ = ["HOLD", "Exchange"]
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+HOLD = 64 * 1024
+"""
+Bytes of a request body read while it waits for a backend (in the queue, or
+connecting) before its client is paused.  While it is read, a client that
+disconnects is noticed at once; past it, the end of its connection waits
+unread behind the rest of its body until a backend takes the request.
+"""
 
 # How a failed exchange is described in the backend's ejection cause.
 _FAILURES = {
@@ -70,6 +79,7 @@ class Exchange:
         "lease",
         "method",
         "pending",
+        "pending_bytes",
         "proxy",
         "request",
         "responded",
@@ -99,6 +109,7 @@ class Exchange:
         self.retried = False
         self.done = False
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.body_complete = False
         self.status = 0
         self.bytes_sent = 0
@@ -117,10 +128,13 @@ class Exchange:
         self.body_length = body_length = request.body_length
         self.attached = body_length == 0
         if body_length != 0:
-            # Hold the body until a backend connection is up.
+            # Hold the body until a backend connection is up, reading on
+            # (up to HOLD) so that a client that leaves meanwhile, queued or
+            # not, is noticed at once.
             self.pending = request.body
+            self.pending_bytes = sum(map(len, self.pending))
             request.body = []
-            if not request.complete:
+            if not request.complete and self.pending_bytes >= HOLD:
                 request.pause_body()
         self.head, self.upgrade = backend_head(request, proxy.trusted_proxies)
         self._pick()
@@ -132,9 +146,12 @@ class Exchange:
             return
         conn = self.conn
         if conn is None:
-            # Read before the client was paused (often in the head's own
-            # packet): bounded by one read, sent once a backend is ready.
+            # Sent once a backend is ready; past HOLD (and one read) the
+            # client waits unread.
             self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes >= HOLD:
+                self.request.pause_body()
         elif self.body_length is None:
             conn.send(wire.chunk(data))
         else:

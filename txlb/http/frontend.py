@@ -6,13 +6,15 @@ Strict parsing is the edge's defence against request smuggling.  llhttp
 rejects bare LF line endings, obs-fold, invalid header names and values,
 C{Content-Length} next to C{Transfer-Encoding}, a duplicate or invalid
 C{Content-Length}, a C{Transfer-Encoding} that does not end in C{chunked}
-and invalid chunk sizes.  This module adds what llhttp leaves to a server:
-HTTP/1.0 and 1.1 only, exactly one C{Host} on HTTP/1.1, no
-C{Transfer-Encoding} on HTTP/1.0, the request-target forms (absolute-form
-is answered from our own backends, never fetched from the host it names;
-C{CONNECT} is refused), and the size limits (431, 414, 413).  A rejected
-request is answered and its connection closed; nothing of it reaches a
-backend.
+and invalid chunk sizes.  What llhttp leaves to a server is judged by
+L{txlb.http.head}: HTTP/1.0 and 1.1 only, one valid C{Host}, no coding but
+C{chunked}, the request-target's forms (C{CONNECT} is refused) and the
+body size limit; this module adds the head's limits (431, 414).  A
+rejected request is answered and its connection closed; nothing of it
+reaches a backend.  llhttp gives some verdicts on a
+head only after C{on_headers_complete} has returned, so a request is
+handed on only once llhttp has gone past its head without error (its body
+has begun, it is complete, or the read ended).
 
 Deadlines stop slow clients from holding connections: the head must arrive
 within C{header_timeout} (from the connection's start, then from a request's
@@ -30,7 +32,6 @@ reading until the queue is answered.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -43,23 +44,14 @@ from twisted.python.failure import Failure
 
 from txlb.config import ClientConfig
 from txlb.http import wire
+from txlb.http.head import Refused, judge
 from txlb.http.request import ClientRequest, ResponseFlow
+from txlb.http.requestline import method_error
 from txlb.net import fastio
 from txlb.net.admission import ClientLimit, Refuse
 from txlb.net.deadline import Deadline
 
 __all__ = ["HTTPFrontend", "HTTPFrontendFactory"]
-
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-
-
-class _Reject(Exception):
-    """A request to answer with C{status} and close the connection."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
 
 
 class HTTPFrontend(Protocol):
@@ -81,8 +73,11 @@ class HTTPFrontend(Protocol):
         self._active: ClientRequest | None = None
         self._queue: deque[ClientRequest] = deque()
         # Answered (then the connection closes) once the queue is done.
-        self._failure: _Reject | None = None
-        self._reject: _Reject | None = None
+        self._failure: Refused | None = None
+        self._reject: Refused | None = None
+        # A request whose head passed the checks here, held until llhttp
+        # has accepted it too (see _release).
+        self._held: ClientRequest | None = None
         self._paused: set[str] = set()
         # The deadline in force: its phase (head, body, idle or none).
         self._phase = ""
@@ -103,6 +98,7 @@ class HTTPFrontend(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         self._stop_timer()
         if self._flow is not None:
@@ -121,20 +117,30 @@ class HTTPFrontend(Protocol):
             return
         if self._failure is not None:
             return
-        if self._incoming is None and self._phase != "head":
+        between_requests = self._incoming is None
+        if between_requests and self._phase != "head":
             self._arm("head", self.limits.header_timeout)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade = data[e.args[0] :]
             self.pause("upgrade")
+            if self._held is not None:
+                self._release()
         except httptools.HttpParserCallbackError as e:
-            reject = self._reject or _Reject(400, f"{e.__context__ or e}")
+            reject = self._reject or Refused(400, f"{e.__context__ or e}")
             self._fail(reject)
+            return
         except httptools.HttpParserInvalidMethodError:
-            self._fail(_method_error(data))
+            self._fail(Refused(*method_error(data, between_requests)))
+            return
         except httptools.HttpParserError as e:
-            self._fail(_Reject(400, str(e)))
+            self._fail(Refused(400, str(e)))
+            return
+        if self._held is not None:
+            # A head that came without its body (or with all of it but
+            # in a read that ended there): llhttp went past it unharmed.
+            self._release()
 
     # --- llhttp's callbacks -------------------------------------------------------
 
@@ -163,51 +169,25 @@ class HTTPFrontend(Protocol):
         request = self._incoming
         assert request is not None
         parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            if parser.get_http_version() < "1.0":
-                self._refuse(400, "HTTP/0.9 is not served")
-            self._refuse(505, f"HTTP/{parser.get_http_version()} is not served")
-        request.version = version
-        request.method = parser.get_method() or b""
-        request.keep_alive = parser.should_keep_alive()
-        if request.method == b"CONNECT":
-            self._refuse(405, "CONNECT is not served: txlb is no forward proxy")
-        hosts = 0
-        length: int | None = 0
-        for name, value in request.headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts += 1
-                request.host = value
-            elif lower == b"content-length":
-                length = int(value)  # llhttp checked: digits, one header
-            elif lower == b"transfer-encoding":
-                if version == b"HTTP/1.0":
-                    self._refuse(400, "Transfer-Encoding on an HTTP/1.0 request")
-                length = None  # llhttp checked: chunked, last
-            elif lower == b"connection":
-                request.connection.append(value)
-            elif lower == b"upgrade" and not request.upgrade:
-                request.upgrade = value
-            elif lower == b"expect" and value.lower() == b"100-continue":
-                request.expect_continue = True
-        if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
-            self._refuse(400, f"{hosts} Host headers (one is required)")
-        request.body_length = length
-        limit = self.limits.max_body_size
-        if limit and length is not None and length > limit:
-            self._refuse(413, f"body of {length} bytes over max_body_size")
-        self._target(request)
-        if length == 0:
+        method = parser.get_method() or b""
+        try:
+            judge(
+                request,
+                parser.get_http_version(),
+                method,
+                parser.should_keep_alive(),
+                self.limits,
+            )
+        except Refused as refused:
+            self._reject = refused
+            raise
+        if request.body_length == 0:
             self._disarm()
         else:
             self._arm("body", self.limits.body_timeout)
-        if self._active is None:
-            self._start(request)
-        else:
-            self._queue.append(request)
-            self.pause("pipeline")
+        # llhttp still judges the head after this returns (an unknown final
+        # coding, for one): nothing may go towards a backend before it has.
+        self._held = request
 
     def on_body(self, data: bytes) -> None:
         request = self._incoming
@@ -216,6 +196,8 @@ class HTTPFrontend(Protocol):
         limit = self.limits.max_body_size
         if limit and request.body_received > limit:
             self._refuse(413, "body over max_body_size")
+        if self._held is not None:
+            self._release()
         rate = self.limits.body_min_rate
         if rate:
             self._deadline.at += len(data) / rate
@@ -229,43 +211,35 @@ class HTTPFrontend(Protocol):
         request = self._incoming
         assert request is not None
         self._incoming = None
-        request.complete = True
         self._disarm()
+        if self._held is not None:
+            # Handed over as the head would have been, then told it is
+            # complete, as a request whose body came later is.
+            self._release()
+        request.complete = True
         if request is self._active and request.handler is not None:
             request.handler.client_body_done()
 
     # --- requests -----------------------------------------------------------------
 
-    def _target(self, request: ClientRequest) -> None:
-        """Check the request-target's form; absolute-form becomes origin-form."""
-        uri = request.uri
-        if uri.startswith(b"/"):
-            return
-        if uri == b"*" and request.method == b"OPTIONS":
-            return
-        scheme, sep, rest = uri.partition(b"://")
-        if sep and scheme.lower() in (b"http", b"https"):
-            # RFC 9112 3.2.2: the target's authority replaces Host.  The
-            # request still goes to our backends, never to that host.
-            authority, slash, path = rest.partition(b"/")
-            authority = authority.rpartition(b"@")[2]
-            if authority:
-                request.uri = b"/" + path if slash else b"/"
-                if b"?" in authority:
-                    authority, _, query = authority.partition(b"?")
-                    request.uri = b"/?" + query
-                request.host = authority
-                request.headers = [
-                    (n, v) for n, v in request.headers if n.lower() != b"host"
-                ]
-                request.headers.insert(0, (b"Host", authority))
-                return
-        self._refuse(400, "invalid request target")
-
     def _refuse(self, status: int, why: str) -> NoReturn:
         """Reject the request being parsed (raised through llhttp)."""
-        self._reject = _Reject(status, why)
+        self._reject = Refused(status, why)
         raise self._reject
+
+    def _release(self) -> None:
+        """
+        llhttp has gone past the held request's head without error (it is
+        parsing the body, or the request is complete, or the read ended):
+        start it, or queue it behind the one being answered.
+        """
+        request, self._held = self._held, None
+        assert request is not None
+        if self._active is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.pause("pipeline")
 
     def _start(self, request: ClientRequest) -> None:
         self._active = request
@@ -315,12 +289,13 @@ class HTTPFrontend(Protocol):
         if not self._queue:
             self.resume("pipeline")
 
-    def _fail(self, reject: _Reject) -> None:
+    def _fail(self, reject: Refused) -> None:
         """
         A request was invalid: answer it once those before it are answered,
         then close.  An active request whose body broke is abandoned.
         """
         self._reject = None
+        self._held = None
         self._disarm()
         self.pause("failed")
         incoming, self._incoming = self._incoming, None
@@ -346,7 +321,7 @@ class HTTPFrontend(Protocol):
         if active is None and not self._queue:
             self._answer_failure(reject)
 
-    def _answer_failure(self, reject: _Reject) -> None:
+    def _answer_failure(self, reject: Refused) -> None:
         self.factory.rejected += 1
         self.send(wire.plain(reject.status, reject.why))
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -362,6 +337,10 @@ class HTTPFrontend(Protocol):
     def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pauseProducing()  # type: ignore[union-attr]
+            if self._phase == "body":
+                # Not read, the client is not late: its body's deadline
+                # starts again when reading does (nginx's client_body_timeout).
+                self._deadline.clear()
         self._paused.add(reason)
 
     def resume(self, reason: str) -> None:
@@ -370,6 +349,8 @@ class HTTPFrontend(Protocol):
             paused.discard(reason)
             if not paused and not self._gone:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
+                if self._phase == "body":
+                    self._deadline.set(self.limits.body_timeout)
 
     def set_response_producer(self, producer: IPushProducer | None) -> None:
         transport: Any = self.transport
@@ -388,6 +369,7 @@ class HTTPFrontend(Protocol):
         self._active = None
         early, self._upgrade = self._upgrade or b"", None
         self._gone = True
+        self._parser = _CLOSED
         self.factory.connections.discard(self)
         transport: Any = self.transport
         if self._flow is not None:
@@ -430,9 +412,9 @@ class HTTPFrontend(Protocol):
         if phase == "idle":
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif phase == "head":
-            self._fail(_Reject(408, "request head not received in time"))
+            self._fail(Refused(408, "request head not received in time"))
         elif phase == "body":
-            self._fail(_Reject(408, "request body not received in time"))
+            self._fail(Refused(408, "request body not received in time"))
 
 
 class HTTPFrontendFactory(Factory):
@@ -463,18 +445,10 @@ class HTTPFrontendFactory(Factory):
         return HTTPFrontend(self)
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
-
-
-def _method_error(data: bytes) -> _Reject:
-    """
-    llhttp knows a fixed list of methods: one it does not know is a 501
-    (RFC 9110 15.6.2) when it is at least a token followed by a space, and
-    a malformed request line (400) otherwise.
-    """
-    if _TOKEN.match(data.lstrip(b"\r\n")):
-        return _Reject(501, "method not implemented")
-    return _Reject(400, "invalid request line")
+# What a connection's parser becomes once it is closed or taken over: llhttp
+# holds the protocol's bound methods, a reference cycle that only the cycle
+# collector would free (and tune_gc's thresholds make its full passes rare).
+_CLOSED = httptools.HttpRequestParser(None)
 
 
 def _is_secure(transport: Any) -> bool:

@@ -51,8 +51,13 @@ class Deadline:
         self.at = 0.0
 
     def stop(self) -> None:
-        """No deadline, and no timer (the connection is gone)."""
+        """
+        No deadline, and no timer (the connection is gone): for good.  The
+        callback is let go, since it is usually the owner's bound method and
+        the owner holds this deadline, a reference cycle otherwise.
+        """
         self.at = 0.0
+        self._on_expired = _nothing
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -69,3 +74,7 @@ class Deadline:
             return
         self.at = 0.0
         self._on_expired()
+
+
+def _nothing() -> None:
+    """What a stopped deadline calls, should it be set again."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from twisted.web.iweb import IRequest
 from txlb.config import Config, ConfigError, parse_backend
 from txlb.core.backend import Backend
 from txlb.core.registry import MAX_WEIGHT, MembershipError, Registry
+from txlb.http.headers import TrustedProxies
+from txlb.observe.guesses import WrongTokens, client_of
 from txlb.observe.jsonout import json_answer
 
 __all__ = ["Admin", "AdminTokenError", "read_admin_token"]
@@ -77,6 +80,8 @@ class Admin:
     # observer that shows the source would print the token.
     token: bytes | None = attrs.field(default=None, repr=False)
     config: Config = attrs.field(factory=lambda: Config("lb.ini", ()), repr=False)
+    # Wrong tokens per client (429 past the limit); none: not limited.
+    wrong_tokens: WrongTokens | None = None
     log = Logger()
 
     @property
@@ -223,7 +228,22 @@ class Admin:
                 {"error": "an Authorization: Bearer <admin token> header is needed"},
                 401,
             )
+        guesses = self.wrong_tokens
+        networks = self.config.proxy.trusted_proxies
+        client = client_of(request, TrustedProxies(networks) if networks else None)
+        if guesses is not None:
+            # Judged before the token: past the limit, no answer says
+            # whether a guess was right.
+            wait = guesses.wait(client)
+            if wait:
+                request.setHeader(b"Retry-After", b"%d" % math.ceil(wait))
+                return json_answer(
+                    request, {"error": "too many wrong admin tokens; wait"}, 429
+                )
         if not hmac.compare_digest(match.group(1), token):
+            if guesses is not None:
+                guesses.failed(client)
+            self.log.warn("wrong admin token from {client}", client=client)
             return json_answer(request, {"error": "wrong admin token"}, 403)
         return None
 

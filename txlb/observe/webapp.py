@@ -47,6 +47,7 @@ from txlb.core.registry import Registry
 from txlb.observe.admin import Admin
 from txlb.observe.assets import WebAssets
 from txlb.observe.events import EventStream, Subscriber
+from txlb.observe.guesses import WrongTokens
 from txlb.observe.jsonout import int_arg, json_answer
 from txlb.observe.metrics import Metrics
 from txlb.observe.stats import HISTORY_POINTS, Stats
@@ -126,7 +127,12 @@ class StatsApp:
 
     def __attrs_post_init__(self) -> None:
         self._events = EventStream(self.stats.snapshot, self.clock, self.events_rate)
-        self._admin = Admin(self.registry, self.stats.entry, self.admin_token)
+        self._admin = Admin(
+            self.registry,
+            self.stats.entry,
+            self.admin_token,
+            wrong_tokens=WrongTokens(self.clock),
+        )
         if self.config is not None:
             self._admin.config = self.config
 
