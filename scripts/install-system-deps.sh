@@ -26,6 +26,7 @@ packages=(
     openssl
     procps # pgrep, pkill in tests
     ca-certificates
+    redis-server # the fleet's store ([fleet]; tests/integration/test_fleet*.py)
     # deployment artefacts: `cloud-init schema` on the AWS user data (it stays
     # disabled on a machine with no cloud datasource), shellcheck on
     # aws/bootstrap.sh, systemd-socket-activate (package systemd, below)

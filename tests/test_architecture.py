@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.config import (
     BackendConfig,
+    FleetConfig,
     HealthConfig,
     OutlierConfig,
     RateLimitConfig,
@@ -104,6 +105,7 @@ def declared_keys() -> dict[str, str]:
     keys.update({name: f"[health] {name}" for name in keys_of(HealthConfig)})
     keys.update({name: f"[outlier] {name}" for name in keys_of(OutlierConfig)})
     keys.update({name: f"[ratelimit] {name}" for name in keys_of(RateLimitConfig)})
+    keys.update({name: f"[fleet] {name}" for name in keys_of(FleetConfig)})
     keys.update({name: f"[backend:NAME] {name}" for name in keys_of(BackendConfig)})
     for cls in (CommonConfig, DNSConfig, EC2Config):
         keys.update({name: f"[discovery:NAME] {name}" for name in keys_of(cls)})

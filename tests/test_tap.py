@@ -7,12 +7,14 @@ import os
 import tempfile
 from unittest import mock
 
+from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from txlb import tap
+from txlb.fleet.sharing import Fleet
 from txlb.http.frontend import HTTPFrontendFactory
 from txlb.http.routing import Router
 from txlb.observe.assets import WebAssets
@@ -128,6 +130,67 @@ class MakeServiceTests(SynchronousTestCase):
         with mock.patch("sys.stderr", stderr), self.assertRaises(SystemExit):
             self.service(log="/nonexistent/dir/access.log")
         self.assertIn("[txlb] access_log: cannot open", stderr.getvalue())
+
+
+class FleetServiceTests(SynchronousTestCase):
+    def write(self, fleet: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".ini")
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(INI.format(stats="tcp:19000", log="") + fleet)
+        return path
+
+    def test_fleet_wired(self) -> None:
+        """
+        [fleet] starts the node's exchanges with Redis through the reactor
+        (a connection to its address, at once), and the stats, metrics and
+        /healthz see it; the stats port stays open through the drain.
+        """
+        path = self.write("[fleet]\nredis = redis://127.0.0.1:16399/0\nnode = lb-t\n")
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIn(("127.0.0.1", 16399), [c[:2] for c in reactor.tcpClients])
+        (fleet,) = [s for s in service if isinstance(s, Fleet)]
+        self.assertEqual((fleet.node, fleet.interval, fleet.ttl), ("lb-t", 0.1, 0.25))
+        stats = reactor.tcpServers[-1][1]
+        assert isinstance(stats, Site)
+        client = StubTreq(stats.resource)
+        response = self.successResultOf(client.get("http://lb/api/server-stats"))
+        snapshot = self.successResultOf(response.json())
+        self.assertEqual(snapshot["fleet"]["status"], "connecting")
+        self.assertEqual(snapshot["fleet"]["store"], "redis://127.0.0.1:16399/0")
+        response = self.successResultOf(client.get("http://lb/metrics"))
+        self.assertIn(b"txlb_fleet_up 0.0", self.successResultOf(response.content()))
+        response = self.successResultOf(client.get("http://lb/healthz"))
+        self.assertEqual(response.code, 200)
+        # SIGTERM: not ready at once.
+        service.stopService()
+        response = self.successResultOf(client.get("http://lb/healthz"))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(
+            self.successResultOf(response.text()), "draining: shutting down\n"
+        )
+
+    def test_bad_host_name(self) -> None:
+        """
+        Without node, a host name that cannot name a node stops start-up
+        with one line, before anything is bound.
+        """
+        path = self.write("[fleet]\nredis = redis://127.0.0.1:16399/0\n")
+        stderr = io.StringIO()
+        with (
+            mock.patch("socket.gethostname", return_value="bad host"),
+            mock.patch("sys.stderr", stderr),
+            self.assertRaises(SystemExit) as e,
+        ):
+            Options().parseOptions(["--config", path])
+        self.assertEqual(e.exception.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("[fleet] node: this host's name 'bad host'", stderr.getvalue())
 
 
 class DashboardFilesTests(SynchronousTestCase):

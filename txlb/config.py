@@ -10,8 +10,9 @@ reads it (L{txlb.schema.key}: default, converter, what is allowed): the
 front end's L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
 L{BalancingConfig}, the stats' L{ObserveConfig} (all in ``[txlb]``, declared
 in L{txlb.settings}), L{HealthConfig} (``[health]``), L{OutlierConfig}
-(``[outlier]``) and L{BackendConfig} (``[backend:NAME]``).  Each part is
-given its own value.
+(``[outlier]``), L{FleetConfig} (``[fleet]``, declared in
+L{txlb.fleet.settings}) and L{BackendConfig} (``[backend:NAME]``).  Each
+part is given its own value.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import attrs
 
 from txlb import schema
 from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config, read_section
+from txlb.fleet.settings import FleetConfig
 from txlb.schema import (
     DURATION,
     POSITIVE_DURATION,
@@ -57,6 +59,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DiscoveryConfig",
+    "FleetConfig",
     "HealthConfig",
     "Network",
     "ObserveConfig",
@@ -219,6 +222,12 @@ class Config:
         "", schema.text, "empty or a Twisted endpoint such as tcp:9000"
     )
     shutdown_timeout: float = key(30.0, schema.parse_duration, DURATION)
+    shutdown_grace: float = key(
+        0.0,
+        schema.parse_duration,
+        "0 (off) or " + DURATION + "; on SIGTERM /healthz says 503 at once and the"
+        " ports stay open this long before the drain",
+    )
     workers: int = key(
         1,
         schema.processes,
@@ -233,6 +242,7 @@ class Config:
     outlier: OutlierConfig = OutlierConfig()
     affinity: AffinityConfig = AffinityConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    fleet: FleetConfig = FleetConfig()
 
 
 # The [txlb] section: Config's own keys and those of its groups.
@@ -258,6 +268,7 @@ _TXLB_SPECS = {name: spec for name, (_, spec) in _TXLB_KEYS.items()}
 _HEALTH_KEYS = keys_of(HealthConfig)
 _OUTLIER_KEYS = keys_of(OutlierConfig)
 _RATELIMIT_KEYS = keys_of(RateLimitConfig)
+_FLEET_KEYS = keys_of(FleetConfig)
 _BACKEND_KEYS: dict[str, KeySpec] = {
     **keys_of(BackendConfig),
     **{
@@ -302,6 +313,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     health: dict[str, Any] = {}
     outlier: dict[str, Any] = {}
     ratelimit: RateLimitConfig | None = None
+    fleet: dict[str, Any] | None = None
     backend_sections: list[tuple[str, dict[str, str]]] = []
     discovery_sections: list[tuple[str, dict[str, str]]] = []
     for name in parser.sections():
@@ -316,6 +328,8 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             outlier = _read(filename, name, items, _OUTLIER_KEYS)
         elif name == "ratelimit":
             ratelimit = _ratelimit(filename, items)
+        elif name == "fleet":
+            fleet = _read(filename, name, items, _FLEET_KEYS)
         elif name.startswith(_BACKEND_PREFIX):
             backend_sections.append((name, items))
         elif name.startswith(_DISCOVERY_PREFIX):
@@ -324,7 +338,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             raise ConfigError(
                 filename,
                 "unknown section; allowed: [txlb], [health], [outlier], [ratelimit],"
-                " [backend:NAME], [discovery:NAME]",
+                " [fleet], [backend:NAME], [discovery:NAME]",
                 name,
             )
     if not backend_sections and not discovery_sections:
@@ -356,10 +370,12 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         health=health_config,
         outlier=OutlierConfig(**outlier),
         ratelimit=ratelimit or RateLimitConfig(),
+        fleet=_fleet(filename, fleet),
         **{group: _TXLB_GROUPS[group](**values) for group, values in groups.items()},
         **own,
     )
     _check_mode(config)
+    _check_fleet(config)
     return config
 
 
@@ -381,6 +397,32 @@ def _ratelimit(filename: str, items: Mapping[str, str]) -> RateLimitConfig:
             "burst",
         )
     return RateLimitConfig(**values)
+
+
+def _fleet(filename: str, values: dict[str, Any] | None) -> FleetConfig:
+    """A C{[fleet]} section must name its Redis; no section is no fleet."""
+    if values is None:
+        return FleetConfig()
+    if values.get("redis") is None:
+        raise ConfigError(
+            filename,
+            "missing; expected " + _FLEET_KEYS["redis"].allowed,
+            "fleet",
+            "redis",
+        )
+    return FleetConfig(**values)
+
+
+def _check_fleet(config: Config) -> None:
+    """The fleet's peers' counts reach one process's registry, not workers'."""
+    if config.fleet.redis is not None and config.workers != 1:
+        raise ConfigError(
+            config.filename,
+            f"works with workers = 1 only for now (workers = {config.workers}):"
+            " peers' counts do not reach worker processes yet",
+            "fleet",
+            "redis",
+        )
 
 
 def _check_mode(config: Config) -> None:

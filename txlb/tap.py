@@ -27,6 +27,10 @@ from txlb.core.registry import Registry
 from txlb.discovery.manager import Discoveries
 from txlb.discovery.metrics import DiscoveryCollector
 from txlb.discovery.sources import RealSources, check, checked_load
+from txlb.fleet.metrics import FleetCollector
+from txlb.fleet.redisstore import RedisStore
+from txlb.fleet.settings import node_name
+from txlb.fleet.sharing import Fleet
 from txlb.health.checker import HealthChecker
 from txlb.health.probes import HTTPProbe, TCPProbe
 from txlb.http.proxy import HTTPProxy
@@ -101,7 +105,16 @@ def check_config(path: str) -> Config:
     from twisted.internet import reactor
 
     _endpoints(reactor, config)
+    _fleet_node(config)
     return config
+
+
+def _fleet_node(config: Config) -> str:
+    """This node's name in the fleet (C{[fleet] node}, else the host name)."""
+    try:
+        return node_name(config.fleet)
+    except ValueError as e:
+        raise ConfigError(config.filename, str(e), "fleet", "node") from None
 
 
 def _endpoints(reactor: Any, config: Config) -> tuple[list[Any], Any]:
@@ -168,11 +181,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = options.config
     reactor.callWhenRunning(tune_gc)
     # Stops the listeners first and drains the connections (SIGTERM).
-    top = Lifecycle(reactor, config.shutdown_timeout)
+    top = Lifecycle(reactor, config.shutdown_timeout, config.shutdown_grace)
     # p2c's draws: seeded from the system (each process its own).
     registry = Registry.from_config(config, reactor, random.Random().random)
     access_log = _access_log(config, reactor)
     app = _stats_app(config, registry, reactor)
+    app.draining = lambda: top.draining
     Sampler(app.stats, reactor).setServiceParent(top)
     # Backends found in DNS or EC2, each section on its own timer (in the
     # supervisor when there are workers: its registry tells theirs).
@@ -198,9 +212,30 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ).setServiceParent(top)
     sources.setServiceParent(top)
     discoveries.setServiceParent(top)
+    _fleet(config, registry, app, reactor, top)
     # SIGHUP re-reads the same file.
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
+
+
+def _fleet(
+    config: Config, registry: Registry, app: StatsApp, reactor: Any, top: Lifecycle
+) -> None:
+    """With C{[fleet]}: share load and ejections through its Redis."""
+    settings = config.fleet
+    if settings.redis is None:
+        return
+    fleet = Fleet(
+        registry,
+        RedisStore(reactor, settings.redis, max(settings.ttl, 0.25)),
+        _fleet_node(config),
+        settings.interval,
+        settings.ttl,
+        reactor,
+    )
+    fleet.setServiceParent(top)
+    app.stats.fleet = fleet.snapshot
+    app.metrics.prometheus.register(FleetCollector(fleet))
 
 
 def _access_log(config: Config, reactor: Any) -> AccessLog | None:
@@ -259,7 +294,10 @@ def _serve(
     for endpoint in listen:
         _listen(endpoint, front).setServiceParent(top)
     if stats_endpoint is not None:
-        _listen(stats_endpoint, Site(stats, reactor=reactor)).setServiceParent(top)
+        stats_port = _listen(stats_endpoint, Site(stats, reactor=reactor))
+        stats_port.setServiceParent(top)
+        # Open through the drain: /healthz says 503 there while it lasts.
+        top.listen_until_drained(stats_port)
 
 
 def _stats_app(config: Config, registry: Registry, reactor: Any) -> StatsApp:

@@ -284,8 +284,8 @@
     updateHeader(snap);
     updateTable(snap);
     updateEvents(snap);
-    // Panels in their own files (discovery.js, workers.js, affinity.js) draw
-    // from the same snapshot.
+    // Panels in their own files (discovery.js, workers.js, affinity.js,
+    // fleet.js) draw from the same snapshot.
     document.dispatchEvent(new CustomEvent("txlb:snapshot", { detail: snap }));
   }
 

@@ -322,6 +322,59 @@ class OutlierTests(SynchronousTestCase):
         fail(r, 0, 5)
         self.assertEqual(r.backends[0].state, "healthy")
 
+    def test_ejection_kept_on_the_backend(self) -> None:
+        """
+        A passive ejection in force is on the backend (until when, why, by
+        this balancer: no peer), and gone when it ends.
+        """
+        r, clock = stateful()
+        clock.advance(100)
+        fail(r, 0, 3, why="answered 500")
+        ejection = r.backends[0].ejection
+        assert ejection is not None
+        self.assertEqual((ejection.until, ejection.by), (110.0, ""))
+        self.assertIn("3 consecutive failures", ejection.cause)
+        clock.advance(10)
+        self.assertIsNone(r.backends[0].ejection)
+
+    def test_eject_by_peer(self) -> None:
+        """
+        A peer's word ejects a backend for the time given, recorded with the
+        peer's name and cause; it comes back when that time is over.
+        """
+        r, clock = stateful()
+        b0 = r.backends[0]
+        self.assertTrue(r.eject_by_peer(b0, 7.5, "lb-b", "5 consecutive failures"))
+        self.assertEqual(b0.state, "ejected")
+        self.assertEqual(
+            b0.history[-1].reason, "ejected by peer lb-b: 5 consecutive failures"
+        )
+        self.assertEqual(b0.ejection.by, "lb-b")  # type: ignore[union-attr]
+        picked = {r.acquire().backend.name for _ in range(10)}  # type: ignore[union-attr]
+        self.assertNotIn("b0", picked)
+        self.assertEqual(b0.ejections, 0)  # not one of this balancer's own
+        clock.advance(7.4)
+        self.assertEqual(b0.state, "ejected")
+        clock.advance(0.1)
+        self.assertEqual(b0.state, "healthy")
+        self.assertEqual(b0.history[-1].reason, "ejection time over")
+
+    def test_eject_by_peer_refusals(self) -> None:
+        """
+        A peer's word does nothing to a backend ejected already or for no
+        time, and keeps to max_ejected_percent like the passive checks.
+        """
+        r, _ = stateful(n=4, max_ejected_percent=50)
+        fail(r, 0, 3)
+        self.assertFalse(r.eject_by_peer(r.backends[0], 5, "lb-b", "x"))
+        self.assertIn("consecutive", r.backends[0].history[-1].reason)
+        self.assertFalse(r.eject_by_peer(r.backends[1], 0, "lb-b", "x"))
+        self.assertTrue(r.eject_by_peer(r.backends[1], 5, "lb-b", "x"))
+        self.assertFalse(r.eject_by_peer(r.backends[2], 5, "lb-b", "x"))
+        self.assertEqual(
+            [b.state for b in r.backends], ["ejected", "ejected", "healthy", "healthy"]
+        )
+
     def test_disabled(self) -> None:
         """consecutive_failures = 0 turns passive ejection off."""
         r, _ = stateful(consecutive_failures=0)

@@ -434,6 +434,24 @@ class ClientGoneTests(SynchronousTestCase):
         self.assertEqual(h.pending_connects(), [])
         self.assertTrue(client.received().startswith(b"HTTP/1.1 404"))
 
+    def test_healthz_answered_here_exactly(self) -> None:
+        """
+        /healthz (with or without a query) is the stats app's on a shared
+        port; a longer path that starts the same goes to a backend.
+        """
+        for path, mine in (
+            (b"/healthz", True),
+            (b"/healthz?probe=nlb", True),
+            (b"/healthzone", False),
+            (b"/healthz/x", False),
+        ):
+            with self.subTest(path=path):
+                h = Harness()
+                self.assertEqual(h.factory.handle.reserved(path), mine)
+                client = h.client()
+                client.send(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+                self.assertEqual(h.pending_connects() == [], mine)
+
 
 class StreamingTests(SynchronousTestCase):
     def test_upload_streams(self) -> None:

@@ -108,12 +108,12 @@ def in_netns(namespace: str, call: Callable[[], T]) -> T:
     return result["value"]  # type: ignore[no-any-return]
 
 
-def remove_stale_namespaces() -> None:
+def remove_stale_namespaces(prefix: str = PREFIX) -> None:
     """Remove namespaces an earlier, killed run of this test left behind."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     for line in listed.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = re.fullmatch(rf"{PREFIX}-(\d+)-\w+", name)
+        match = re.fullmatch(rf"{prefix}-(\d+)-[\w-]+", name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
@@ -121,9 +121,10 @@ def remove_stale_namespaces() -> None:
 class Lab:
     """The hosts, their processes, and their removal."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, prefix: str = PREFIX) -> None:
         self.directory = directory
-        self.tag = f"{PREFIX}-{os.getpid()}"
+        self.prefix = prefix
+        self.tag = f"{prefix}-{os.getpid()}"
         self.switch = f"{self.tag}-switch"
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -131,12 +132,14 @@ class Lab:
     def ns(self, host: str) -> str:
         return f"{self.tag}-{host}"
 
-    def build(self) -> None:
-        remove_stale_namespaces()
+    def build(self, hosts: dict[str, str] | None = None) -> None:
+        """One namespace per host (name: address), all on one bridge."""
+        remove_stale_namespaces(self.prefix)
         self._add_namespace(self.switch)
         ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         ip("-n", self.switch, "link", "set", "dev", "br0", "up")
-        hosts = {**BACKENDS, "balancer": BALANCER, "client": CLIENT}
+        if hosts is None:
+            hosts = {**BACKENDS, "balancer": BALANCER, "client": CLIENT}
         for host, address in hosts.items():
             ns = self._add_namespace(self.ns(host))
             port = f"port-{host}"

@@ -111,6 +111,53 @@ async def _nothing() -> None:
     return None
 
 
+class GraceTests(SynchronousTestCase):
+    """shutdown_grace, the draining flag and the listeners kept for the drain."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.order: list[str] = []
+        self.top = Lifecycle(self.clock, shutdown_timeout=30, grace=5)
+        Listener(self.order).setServiceParent(self.top)
+        self.stats = StatsListener(self.order)
+        self.stats.setServiceParent(self.top)
+        self.top.listen_until_drained(self.stats)
+        Recorder("access log", self.order).setServiceParent(self.top)
+        self.connections: set[Any] = set()
+        self.top.watch(self.connections)
+        self.top.startService()
+
+    def test_grace_then_drain(self) -> None:
+        """
+        Draining at once; the ports stay open for the grace, then close and
+        the drain runs; the stats port closes only after it.
+        """
+        self.assertFalse(self.top.draining)
+        channel = FakeChannel(self.connections)
+        channel.requests.append(FakeRequest())
+        fired: list[object] = []
+        self.top.stopService().addCallback(fired.append)
+        self.assertTrue(self.top.draining)
+        self.clock.advance(4.9)
+        self.assertEqual(self.order, [])
+        self.assertFalse(channel.closing)  # still served as usual
+        self.clock.advance(0.1)
+        self.assertEqual(self.order, ["listener"])
+        self.assertTrue(channel.closing)
+        channel.requests.clear()
+        channel.lost()
+        self.clock.advance(TICK)
+        self.assertEqual(len(fired), 1)
+        self.assertEqual(sorted(self.order[1:]), ["access log", "stats listener"])
+
+
+class StatsListener(Listener):
+    def stopService(self) -> Deferred[None]:
+        self.running = False
+        self.order.append("stats listener")
+        return Deferred.fromCoroutine(_nothing())
+
+
 class DrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -416,6 +463,16 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("[txlb] retries", warning)
         self.assertIn("takes a restart", warning)
         self.assertEqual(self.reloader.config.listen, ("tcp:8080",))
+
+    def test_fleet_keys_take_a_restart(self) -> None:
+        """A changed [fleet] key is named as needing a restart, and keeps its value."""
+        self.reloader.apply(
+            parse(INI.format(extra="[fleet]\nredis = redis://10.0.0.9:6379/0\n"))
+        )
+        warning = self.messages()[0]
+        self.assertIn("[fleet] redis", warning)
+        self.assertIn("takes a restart", warning)
+        self.assertIsNone(self.reloader.config.fleet.redis)
 
     def test_readd_while_draining(self) -> None:
         """A backend put back before it drained is back in rotation."""

@@ -132,11 +132,15 @@ class StatsTests(SynchronousTestCase):
                 "clients",
                 "discovery",
                 "backends",
+                "fleet",
                 "totals",
             },
         )
         self.assertEqual(snapshot["clients"], {})  # no front end wired
         self.assertEqual(snapshot["discovery"], [])  # no discovery wired
+        self.assertIsNone(snapshot["fleet"])  # no [fleet]
+        stats.fleet = lambda: {"node": "lb-a", "status": "sharing"}
+        self.assertEqual(stats.snapshot()["fleet"]["node"], "lb-a")
         stats.clients = lambda: {"connections": 3, "refused": 1, "rejected": 2}
         self.assertEqual(stats.snapshot()["clients"]["refused"], 1)
         self.assertEqual(

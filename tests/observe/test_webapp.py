@@ -167,6 +167,42 @@ class ServerStatsTests(_Case):
         self.assertEqual(body, b"")
 
 
+class ReadinessTests(_Case):
+    def healthz(self, method: str = "GET") -> tuple[int, bytes]:
+        response, body = self.request(method, "/healthz")
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/plain; charset=utf-8"],
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders(b"cache-control"), [b"no-store"]
+        )
+        return response.code, body
+
+    def test_ready(self) -> None:
+        """200 with a backend in rotation; HEAD too, without a body."""
+        self.assertEqual(self.healthz(), (200, b"ready: 2 of 2 backends available\n"))
+        self.assertEqual(self.healthz("HEAD"), (200, b""))
+
+    def test_no_backend(self) -> None:
+        """503 when no backend is in rotation (down or drained), and says so."""
+        web1, web2 = self.registry.backends
+        self.registry.set_healthy(web1, False, "probe failed")
+        self.assertEqual(self.healthz()[0], 200)
+        self.registry.set_draining(web2, True, "admin")
+        self.assertEqual(
+            self.healthz(), (503, b"not ready: no backend available (0 of 2)\n")
+        )
+
+    def test_draining(self) -> None:
+        """503 from the moment the balancer drains, read through its callable."""
+        draining = [False]
+        self.app.draining = lambda: draining[0]
+        self.assertEqual(self.healthz()[0], 200)
+        draining[0] = True
+        self.assertEqual(self.healthz(), (503, b"draining: shutting down\n"))
+
+
 class ReadOnlyEndpointTests(_Case):
     def test_history(self) -> None:
         """/api/history returns the sampled points, limited by ?seconds=."""
@@ -559,8 +595,10 @@ class SafeByConstructionTests(SynchronousTestCase):
         self.assertNotRegex(html, r"(src|href)=\"(https?:)?//")
 
     def test_data_rendered_as_text(self) -> None:
-        """app.js never parses strings as HTML or code."""
-        script = (self.root / "app.js").read_text("utf-8")
+        """app.js and fleet.js never parse strings as HTML or code."""
+        script = "".join(
+            (self.root / name).read_text("utf-8") for name in ("app.js", "fleet.js")
+        )
         for risky in (
             "innerHTML",
             "outerHTML",
@@ -574,7 +612,7 @@ class SafeByConstructionTests(SynchronousTestCase):
 
     def test_no_cdn(self) -> None:
         """Nothing is fetched from another origin."""
-        for name in ("index.html", "app.js", "style.css"):
+        for name in ("index.html", "app.js", "fleet.js", "style.css"):
             text = (self.root / name).read_text("utf-8")
             self.assertNotRegex(text, r"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//")
 

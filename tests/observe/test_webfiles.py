@@ -33,6 +33,7 @@ class WebFilesTests(SynchronousTestCase):
                 "discovery.js",
                 "workers.js",
                 "affinity.js",
+                "fleet.js",
                 "vendor/chart.umd.js",
             ),
         )

@@ -16,7 +16,7 @@ import attrs
 
 from txlb.config import Address, BackendConfig
 
-__all__ = ["HISTORY_LENGTH", "Backend", "Transition"]
+__all__ = ["HISTORY_LENGTH", "Backend", "Ejection", "Transition"]
 
 HISTORY_LENGTH = 50
 """State changes kept per backend."""
@@ -30,6 +30,19 @@ class Transition:
     healthy: bool
     reason: str
     state: str = "healthy"
+
+
+@attrs.frozen
+class Ejection:
+    """
+    An ejection in force: until when (the registry's clock), why, and on
+    whose word: C{by} is empty for this balancer's own passive checks, else
+    the fleet peer's node name (L{txlb.fleet}).
+    """
+
+    until: float
+    cause: str
+    by: str = ""
 
 
 @attrs.define(eq=False)
@@ -51,6 +64,7 @@ class Backend:
     @ivar slot: its place in the counts shared by worker processes
         (L{txlb.workers.shm}), or -1.
     @ivar leaving: its source dropped it: draining, then removed.
+    @ivar ejection: the ejection in force while C{ejected}, else L{None}.
 
     The last four attributes are for the rooms that keep something per
     backend (attached when the registry announces it, dropped with it):
@@ -85,6 +99,7 @@ class Backend:
     # Requests (TCP mode: connections) that failed here and were retried
     # on another backend.
     retries: int = 0
+    ejection: Ejection | None = None
     consecutive_failures: int = 0
     last_unejected: float = 0.0
     ramp_start: float = 0.0

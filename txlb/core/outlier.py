@@ -41,10 +41,7 @@ class Ejector:
         cause = f"{backend.consecutive_failures} consecutive failures" + (
             f" (last: {why})" if why else ""
         )
-        allowed = total * config.max_ejected_percent // 100
-        if config.max_ejected_percent:
-            allowed = max(1, allowed)
-        if ejected >= allowed:
+        if not self.room(ejected, total):
             if backend.consecutive_failures == limit:
                 self.log.warn(
                     "backend {backend} not ejected ({cause}): max_ejected_percent"
@@ -63,3 +60,14 @@ class Ejector:
             config.base_ejection_time * backend.ejections, config.max_ejection_time
         )
         return duration, f"{cause}; ejected for {duration:g}s"
+
+    def room(self, ejected: int, total: int) -> bool:
+        """
+        Whether one more backend may be ejected, C{ejected} of C{total}
+        being ejected now (C{max_ejected_percent}, and at least one unless 0).
+        """
+        percent = self.config.max_ejected_percent
+        allowed = total * percent // 100
+        if percent:
+            allowed = max(1, allowed)
+        return ejected < allowed

@@ -15,7 +15,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txlb.core.backend import Backend
+from txlb.core.backend import Backend, Ejection
 from txlb.core.listeners import IBackendListener
 from txlb.core.outlier import Ejector
 from txlb.core.queue import BackendQueue
@@ -147,14 +147,45 @@ class BackendStates:
         ejection = self._ejector.failed(backend, why, ejected, len(self.backends), now)
         if ejection is None:
             return
-        duration, cause = ejection
+        self._eject(backend, *ejection)
+
+    def eject_by_peer(
+        self, backend: Backend, seconds: float, node: str, why: str
+    ) -> bool:
+        """
+        Eject C{backend} on a fleet peer's word (L{txlb.fleet}) for the
+        C{seconds} the peer's own ejection has left, recorded as "ejected by
+        peer NODE: WHY", within C{max_ejected_percent} like the passive
+        checks' own.  Nothing happens to a backend ejected already.
+
+        @return: whether it was ejected.
+        """
+        if backend.ejected or seconds <= 0 or backend.leaving:
+            return False
+        cause = f"ejected by peer {node}: {why}"
+        ejected = sum(1 for b in self.backends if b.ejected)
+        if not self._ejector.room(ejected, len(self.backends)):
+            self.log.warn(
+                "backend {backend} not {cause}: max_ejected_percent reached",
+                backend=backend.name,
+                cause=cause,
+            )
+            return False
+        self._eject(backend, seconds, cause, node)
+        return True
+
+    def _eject(
+        self, backend: Backend, seconds: float, cause: str, by: str = ""
+    ) -> None:
         backend.ejected = True
+        backend.ejection = Ejection(self._clock.seconds() + seconds, cause, by)
         self._stop_ramp(backend)
-        self._clock.callLater(duration, self._uneject, backend)
+        self._clock.callLater(seconds, self._uneject, backend)
         self._changed(backend, cause)
 
     def _uneject(self, backend: Backend) -> None:
         backend.ejected = False
+        backend.ejection = None
         backend.last_unejected = self._clock.seconds()
         if backend.healthy:
             self._start_ramp(backend)

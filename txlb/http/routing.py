@@ -33,7 +33,10 @@ __all__ = [
     "site_handler",
 ]
 
-RESERVED = (b"/api/", b"/dashboard", b"/metrics")
+READINESS = b"/healthz"
+"""Answered by the stats app exactly (with or without a query string)."""
+
+RESERVED = (b"/api/", b"/dashboard", b"/metrics", READINESS)
 """Paths the stats app answers when it shares the proxy's port."""
 
 
@@ -90,7 +93,10 @@ class Router:
 
     def reserved(self, path: bytes) -> bool:
         """Whether C{path} belongs to the stats app rather than a backend."""
-        return self._reserve and path.startswith(RESERVED)
+        if not (self._reserve and path.startswith(RESERVED)):
+            return False
+        # /healthz itself, not /healthzone (one test more, and only here).
+        return not path.startswith(READINESS) or path[8:9] in (b"", b"?")
 
     def __call__(self, request: ClientRequest) -> None:
         proxy, stats = self.proxy, self.stats
@@ -138,9 +144,9 @@ def front_end(
     """
     The factory of the proxy's client connections.
 
-    @param stats: the stats app, answering C{/api/}, C{/dashboard} and
-        C{/metrics} when C{reserve} (it shares the proxy's port), or every
-        path when there is no C{proxy}.
+    @param stats: the stats app, answering C{/api/}, C{/dashboard},
+        C{/metrics} and C{/healthz} when C{reserve} (it shares the proxy's
+        port), or every path when there is no C{proxy}.
     """
     handler = site_handler(stats, clock) if stats is not None else None
     return HTTPFrontendFactory(limits, clock, Router(proxy, handler, reserve))

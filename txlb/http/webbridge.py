@@ -5,8 +5,9 @@ channel had read it.
 
 L{StatsCall} is the face of a channel that twisted.web's L{Request} uses:
 addresses, writes, producers and C{requestDone}.  Only paths reserved for
-the stats app come here (C{/api/}, C{/dashboard}, C{/metrics}), and their
-bodies are read whole first (admin JSON; at most 1 MiB).
+the stats app come here (C{/api/}, C{/dashboard}, C{/metrics},
+C{/healthz}), and their bodies are read whole first (admin JSON; at most
+1 MiB).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _values(config: Config) -> Iterator[tuple[str, Any]]:
     for name, (group, _) in txlb_keys().items():
         owner = getattr(config, group) if group else config
         yield f"[txlb] {name}", getattr(owner, name)
-    for section in ("health", "outlier", "ratelimit"):
+    for section in ("health", "outlier", "ratelimit", "fleet"):
         values = getattr(config, section)
         for name in keys_of(type(values)):
             yield f"[{section}] {name}", getattr(values, name)

@@ -1,14 +1,18 @@
 """
 Graceful shutdown.
 
-L{Lifecycle} is the top service: when twistd stops it (SIGTERM), the
-listening ports close first, then the open client connections are drained:
+L{Lifecycle} is the top service: when twistd stops it (SIGTERM), it is
+C{draining} at once (C{/healthz} says 503, so an L4 tier stops sending new
+connections), the listening ports stay open for C{shutdown_grace} (0 by
+default; HAProxy's C{grace}) and then close, and the open client
+connections are drained:
 an HTTP connection is closed as soon as it has no request in progress (a
 keep-alive client never holds the shutdown up) and one with a request in
 progress is closed when its response is done; a TCP-mode connection runs
 until it ends.  Whatever is still open after C{shutdown_timeout} is aborted.
-Only then do the other services (health checks, backend pools, access log)
-stop, so every drained request is logged.
+Only then do the other services (health checks, backend pools, access log,
+the fleet) stop, so every drained request is logged; listeners kept for the
+drain (the stats port, L{Lifecycle.listen_until_drained}) close with them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 __all__ = ["TICK", "Drainable", "Lifecycle"]
@@ -37,17 +42,32 @@ def _stop_all(services: list[Any]) -> Deferred[Any]:
 
 class Lifecycle(MultiService):
     """
-    The balancer's top service: on stop, listening ports first, then a
-    drain of the client connections, then everything else.
+    The balancer's top service: on stop, listening ports first (after
+    the grace), then a drain of the client connections, then everything
+    else.
+
+    @ivar draining: whether it is stopping (C{/healthz} reads it).
     """
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, shutdown_timeout: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, shutdown_timeout: float, grace: float = 0.0
+    ) -> None:
         super().__init__()
         self._clock = clock
         self._timeout = shutdown_timeout
+        self._grace = grace
         self._watched: list[Collection[Drainable]] = []
+        self._late: list[Any] = []
+        self.draining = False
+
+    def listen_until_drained(self, listener: Any) -> None:
+        """
+        Keep C{listener} (a child listener service) open through the drain:
+        the stats port, so C{/healthz} answers 503 while it lasts.
+        """
+        self._late.append(listener)
 
     def watch(self, connections: Collection[Drainable]) -> None:
         """
@@ -58,10 +78,25 @@ class Lifecycle(MultiService):
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
+        self.draining = True
         services = list(reversed(self.services))
-        listeners = [s for s in services if isinstance(s, StreamServerEndpointService)]
+        listeners = [
+            s
+            for s in services
+            if isinstance(s, StreamServerEndpointService) and s not in self._late
+        ]
         rest = [s for s in services if s not in listeners]
-        d = _stop_all(listeners)
+        d: Deferred[Any]
+        if self._grace > 0:
+            self.log.info(
+                "shutting down: not ready (/healthz says 503); listening for"
+                " {grace:g}s more before the drain (shutdown_grace)",
+                grace=self._grace,
+            )
+            d = deferLater(self._clock, self._grace, lambda: None)
+            d.addCallback(lambda _: _stop_all(listeners))
+        else:
+            d = _stop_all(listeners)
         d.addCallback(lambda _: self.drain())
         d.addCallback(lambda _: _stop_all(rest))
         d.addCallback(lambda _: self._exited_cleanly())

@@ -176,6 +176,8 @@ class Stats(BackendListener):
         self.workers: Callable[[], list[dict[str, Any]]] | None = None
         # Brings counts kept elsewhere up to date before a snapshot.
         self.refresh: Callable[[], None] | None = None
+        # The fleet's view (txlb.fleet), when there is one.
+        self.fleet: Callable[[], dict[str, Any]] | None = None
         self._history: deque[
             tuple[float, tuple[float | None, ...], tuple[Any, ...]]
         ] = deque(maxlen=history_points)
@@ -207,7 +209,7 @@ class Stats(BackendListener):
         registry = self._registry
         total_count, total_errors, total_span = self._total.window(now, self._started)
         backends = [self._entry(b, now, total_count) for b in registry.backends]
-        clients = self.clients
+        clients, fleet = self.clients, self.fleet
         discovery = self.discovery
         return {
             "time": now,
@@ -219,6 +221,7 @@ class Stats(BackendListener):
             "uptime": now - self._started,
             "window_seconds": {"rate": RATE_WINDOW, "latency": LATENCY_WINDOW},
             "backends": backends,
+            "fleet": fleet() if fleet is not None else None,
             "totals": {
                 **totals(registry),
                 "responses": self._total.responses,

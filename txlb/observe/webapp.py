@@ -6,6 +6,9 @@ actions.
 Routes (all answers carry a C{Content-Security-Policy} that forbids inline
 script, and the API answers C{Cache-Control: no-store}):
 
+  - C{GET /healthz}: readiness, for an L4 tier or an orchestrator: 200
+    while txlb accepts and has a backend in rotation, 503 while it drains
+    (SIGTERM) or has none; a short text says which.
   - C{GET /api/server-stats}: L{txlb.observe.stats.Stats.snapshot} as JSON.
   - C{GET /api/events}: the same snapshot as Server-Sent Events
     (C{event: stats}), C{events_rate} times a second.
@@ -90,6 +93,7 @@ class StatsApp:
     @ivar admin_token: the bearer token admin actions need, or L{None} to
         turn them off.
     @ivar events_rate: Server-Sent Events per second on C{/api/events}.
+    @ivar draining: whether the balancer is shutting down (the lifecycle's).
     """
 
     registry: Registry
@@ -106,6 +110,8 @@ class StatsApp:
     # The running configuration: backends added through the admin API are
     # checked against it, as lb.ini's are.
     config: Config | None = attrs.field(default=None, repr=False)
+    # Whether the balancer is shutting down (the lifecycle's), for /healthz.
+    draining: Callable[[], bool] = lambda: False
     _events: EventStream = attrs.field(init=False)
     _admin: Admin = attrs.field(init=False)
     app = Klein()
@@ -140,6 +146,24 @@ class StatsApp:
         return _Secure(self.app.resource())
 
     # --- read-only API ------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes:
+        """Ready (200) or not (503), and why, in a few words."""
+        registry = self.registry
+        available, total = registry.available, len(registry.backends)
+        if self.draining():
+            code, text = 503, "draining: shutting down"
+        elif not available:
+            code, text = 503, f"not ready: no backend available (0 of {total})"
+        else:
+            code, text = 200, f"ready: {available} of {total} backends available"
+        body = text.encode("utf-8") + b"\n"
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
 
     @app.route("/api/server-stats", methods=["GET", "HEAD"])
     def server_stats(self, request: IRequest) -> bytes:

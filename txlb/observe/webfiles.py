@@ -18,6 +18,7 @@ REQUIRED = (
     "discovery.js",
     "workers.js",
     "affinity.js",
+    "fleet.js",
     "style.css",
     "vendor/chart.umd.js",
 )

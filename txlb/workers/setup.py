@@ -22,6 +22,7 @@ from twisted.web.server import Site
 from txlb.config import Config, ConfigError
 from txlb.core.registry import Registry
 from txlb.lifecycle.reload import Reloader
+from txlb.lifecycle.shutdown import Lifecycle
 from txlb.observe import features, jsonlog
 from txlb.observe.webapp import StatsApp
 from txlb.workers.buckets import SharedBuckets
@@ -106,6 +107,9 @@ def supervise(
         )
         service._raiseSynchronously = True
         service.setServiceParent(top)
+        if isinstance(top, Lifecycle):
+            # Open through the drain: /healthz says 503 there while it lasts.
+            top.listen_until_drained(service)
     else:
         stats_socket = str(runtime.path / "stats.sock")
         reactor.listenUNIX(stats_socket, _QuietSite(stats, reactor=reactor))
