@@ -36,6 +36,8 @@ lb_ini() {
 ; Written by aws/bootstrap-fleet.sh: one balancer of a fleet behind an NLB.
 [txlb]
 listen = tcp:8080:interface=127.0.0.1
+; One worker process per CPU; the supervisor is this balancer's one node.
+workers = auto
 ; The stats API and /healthz on their own port, open through a drain: nginx
 ; passes the NLB's health checks (port 8081) there.
 stats_listen = tcp:9000:interface=127.0.0.1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -433,6 +434,8 @@ def test_lb_ini() -> None:
     assert str(config.fleet.redis) == "redis://10.43.1.9:6379/0"
     assert config.fleet.node == ""  # the instance's host name
     assert config.fleet.interval == 0.1
+    # workers = auto: the supervisor is the node and tells its workers.
+    assert config.workers == len(os.sched_getaffinity(0))
     checks = template()["Resources"]["HttpTargets"]["Properties"]
     detection = checks["HealthCheckIntervalSeconds"] * checks["UnhealthyThresholdCount"]
     assert config.shutdown_grace > detection

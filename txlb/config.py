@@ -375,7 +375,6 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
         **own,
     )
     _check_mode(config)
-    _check_fleet(config)
     return config
 
 
@@ -411,18 +410,6 @@ def _fleet(filename: str, values: dict[str, Any] | None) -> FleetConfig:
             "redis",
         )
     return FleetConfig(**values)
-
-
-def _check_fleet(config: Config) -> None:
-    """The fleet's peers' counts reach one process's registry, not workers'."""
-    if config.fleet.redis is not None and config.workers != 1:
-        raise ConfigError(
-            config.filename,
-            f"works with workers = 1 only for now (workers = {config.workers}):"
-            " peers' counts do not reach worker processes yet",
-            "fleet",
-            "redis",
-        )
 
 
 def _check_mode(config: Config) -> None:

@@ -50,6 +50,7 @@ from txlb.observe.webapp import StatsApp
 from txlb.observe.webfiles import HOW_TO_FIX
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
 from txlb.workers.setup import supervise
+from txlb.workers.supervisor import WorkerPool
 
 __all__ = ["Options", "check_config", "makeService"]
 
@@ -195,10 +196,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     app.stats.discovery = discoveries.status
     app.metrics.prometheus.register(DiscoveryCollector(registry, discoveries))
     reloader = Reloader(config, registry, discoveries=discoveries, load=checked_load)
+    pool = None
     if config.workers > 1:
         if access_log is not None:
             access_log.close()  # checked; every worker writes its own lines
-        supervise(reactor, config, options["config"], registry, app, reloader, top)
+        pool = supervise(
+            reactor, config, options["config"], registry, app, reloader, top
+        )
     else:
         if access_log is not None:
             access_log.setServiceParent(top)
@@ -212,16 +216,25 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ).setServiceParent(top)
     sources.setServiceParent(top)
     discoveries.setServiceParent(top)
-    _fleet(config, registry, app, reactor, top)
+    _fleet(config, registry, app, reactor, top, pool)
     # SIGHUP re-reads the same file.
     ReloadOnSignal(reloader, options["config"], reactor).setServiceParent(top)
     return top
 
 
 def _fleet(
-    config: Config, registry: Registry, app: StatsApp, reactor: Any, top: Lifecycle
+    config: Config,
+    registry: Registry,
+    app: StatsApp,
+    reactor: Any,
+    top: Lifecycle,
+    pool: WorkerPool | None,
 ) -> None:
-    """With C{[fleet]}: share load and ejections through its Redis."""
+    """
+    With C{[fleet]}: share load and ejections through its Redis (with
+    workers, from the supervisor: it publishes their counts and tells them
+    the peers').
+    """
     settings = config.fleet
     if settings.redis is None:
         return
@@ -233,6 +246,9 @@ def _fleet(
         settings.ttl,
         reactor,
     )
+    if pool is not None:
+        fleet.before_report = pool.fanout.refresh
+        fleet.peers_changed = pool.fanout.peers_changed
     fleet.setServiceParent(top)
     app.stats.fleet = fleet.snapshot
     app.metrics.prometheus.register(FleetCollector(fleet))

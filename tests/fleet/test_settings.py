@@ -72,9 +72,6 @@ class FleetSectionTests(SynchronousTestCase):
             "[fleet]\nredis = redis://r\nttl = 1s\n": (
                 "[fleet] ttl: unknown key; allowed: redis, node, interval"
             ),
-            "[txlb]\nworkers = 2\n[fleet]\nredis = redis://r\n": (
-                "[fleet] redis: works with workers = 1 only for now (workers = 2)"
-            ),
             "[fleets]\n": "[fleets]: unknown section; allowed: [txlb], [health],"
             " [outlier], [ratelimit], [fleet], [backend:NAME], [discovery:NAME]",
         }
@@ -84,6 +81,12 @@ class FleetSectionTests(SynchronousTestCase):
                     parse(text + BACKEND)
                 self.assertIn(message, str(e.exception))
                 self.assertNotIn("\n", str(e.exception))
+
+    def test_with_workers(self) -> None:
+        """[fleet] and workers = N go together (the supervisor shares)."""
+        config = parse("[txlb]\nworkers = 2\n[fleet]\nredis = redis://r\n" + BACKEND)
+        self.assertEqual(config.workers, 2)
+        self.assertIsNotNone(config.fleet.redis)
 
     def test_node_name(self) -> None:
         """The node's name, else the host's, which must be a valid name."""

@@ -196,6 +196,37 @@ class PeerLoadTests(_Case):
         # lb-a's workers' requests are lb-a's; lb-b's own are not its peers'.
         self.assertEqual(b.peers(), [2, 0, 0])
 
+    def test_workers_hooks(self) -> None:
+        """
+        With worker processes the node reads their counts before each report
+        (so it publishes what they have in flight now) and is told which
+        backends' peers changed, to tell its workers; nothing when none did.
+        """
+        a = self.node("lb-a")
+        b = self.node("lb-b").start()
+        reads: list[float] = []
+        told: list[list[str]] = []
+
+        def read_workers() -> None:
+            reads.append(self.clock.seconds())
+            a.registry.backends[1].siblings = 4
+
+        a.fleet.before_report = read_workers
+        a.fleet.peers_changed = lambda changed: told.append([x.name for x in changed])
+        a.start()
+        b.take(2, 2)
+        self.advance(2 * INTERVAL)
+        self.assertTrue(reads)
+        self.assertEqual(b.peers(), [0, 4, 0])
+        self.assertEqual(told, [["web2"]])
+        self.advance(3 * INTERVAL)
+        self.assertEqual(told, [["web2"]])
+        for lease in b.leases:
+            lease.release()
+        self.advance(2 * INTERVAL)
+        self.assertEqual(told, [["web2"], ["web2"]])
+        self.assertEqual(a.peers(), [0, 0, 0])
+
     def test_least_conn_judges_the_fleet(self) -> None:
         """A backend busy with a peer's requests is not picked by least_conn."""
         a = self.node("lb-a").start()

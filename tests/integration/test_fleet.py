@@ -213,3 +213,71 @@ def test_two_nodes_share_load_and_ejections(
     reason = b.stats()["backends"][0]["history"][-1]["reason"]
     assert reason.startswith("ejected by peer lb-a: 3 consecutive failures"), reason
     assert b.stats()["fleet"]["backends"][0]["ejected_by"] == "lb-a"
+
+
+def test_a_node_with_workers(
+    processes: Processes,
+    tmp_path: Path,
+    demo_backend: Callable[..., Backend],
+    redis_port: int,
+) -> None:
+    """
+    A node with workers = 2 is one node: it publishes every worker's
+    requests in flight, and its workers' picks count the peers' load: while
+    the other node holds 3 slow requests on web1, each of its requests goes
+    to web2, whichever worker takes it.
+    """
+    import http.client
+
+    from tests.integration.test_workers import owners
+
+    web = [demo_backend(f"web{i}") for i in (1, 2)]
+    a = Node(
+        processes,
+        tmp_path,
+        "lb-a",
+        fleet_ini(web, redis_port, "lb-a", "workers = 2\nshutdown_timeout = 1s"),
+    )
+    b = Node(processes, tmp_path, "lb-b", fleet_ini(web[:1], redis_port, "lb-b"))
+    for node in (a, b):
+        wait_until(lambda n=node: n.stats()["fleet"]["status"] == "sharing")
+    wait_until(lambda: all(w["serving"] for w in a.stats()["workers"]))
+    # a's load, from both workers, is b's peers' load.
+    threads = [
+        in_background(lambda: get(a.url + "/_demo/sleep?ms=1500"))[0] for _ in range(4)
+    ]
+
+    def peers_of(node: Node) -> list[int]:
+        return [x["peers"] for x in node.stats()["fleet"]["backends"]]
+
+    assert wait_until(lambda: sum(peers_of(b)) == 2)  # b knows web1 only
+    (peer,) = [n for n in b.stats()["fleet"]["nodes"] if not n["self"]]
+    assert (peer["node"], peer["load"]) == ("lb-a", 4)
+    for t in threads:
+        t.join(timeout=10)
+    wait_until(lambda: sum(peers_of(b)) == 0)
+    # b's load on web1 reaches a's workers.
+    held = [
+        in_background(lambda: get(b.url + "/_demo/sleep?ms=3000"))[0] for _ in range(3)
+    ]
+    assert wait_until(lambda: peers_of(a) == [3, 0])
+    # Open together, so the workers' accept balancing splits them.
+    conns = [
+        http.client.HTTPConnection("127.0.0.1", a.port, timeout=10) for _ in range(12)
+    ]
+    for conn in conns:
+        conn.connect()
+    time.sleep(0.2)
+    mine = owners(a.port)
+    pids = {mine.get(conn.sock.getsockname()[1]) for conn in conns}
+    went = []
+    for conn in conns:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        went.append(response.getheader("x-backend"))
+        conn.close()
+    assert went == ["web2"] * 12, went
+    assert None not in pids and len(pids) == 2, pids
+    for t in held:
+        t.join(timeout=10)

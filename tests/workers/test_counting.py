@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -86,6 +87,27 @@ class SharedCountsTests(SynchronousTestCase):
         assert picked is not None
         self.assertEqual({picked.backend.name}, idle)
         self.assertEqual(picked.backend.siblings, 1)
+
+    def test_peers_counts_join_the_view(self) -> None:
+        """The fleet's peers' load, told by the supervisor, counts in every
+        pick beside the other worker's: a worker sends to the backend the
+        other balancers load least; their load falling lets a waiter in."""
+        pairs = array("q", [0, 5])  # slot 0 (x): 5 in flight on peers
+        self.a.replica.peers(pairs)
+        self.b.replica.peers(pairs)
+        picks = [self.a.registry.acquire() for _ in range(4)]
+        names = [lease.backend.name for lease in picks if lease is not None]
+        self.assertEqual(names, ["y"] * 4)
+        x = self.a.registry.get("x")
+        self.assertEqual((x.peers, x.others), (5, 5))
+        b_pick = self.b.registry.acquire()
+        assert b_pick is not None
+        self.assertEqual(b_pick.backend.name, "y")  # 4 here + 1 vs 0 + 5
+        self.a.replica.peers(array("q", [0, 0, 7, 3]))  # slot 7: unknown, ignored
+        self.assertEqual((x.peers, x.others), (0, 0))
+        picked = self.a.registry.acquire()
+        assert picked is not None
+        self.assertEqual(picked.backend.name, "x")
 
     def test_counts_published_and_released(self) -> None:
         """Each lease and release is in the worker's own cell at once."""

@@ -5,6 +5,7 @@ worker) and L{txlb.workers.accepting} (how connections spread).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,26 @@ class FanoutTests(SynchronousTestCase):
         )
         added = late.calls[1][1]
         self.assertEqual(commands.spec_from_json(added["spec"]), b.spec)
+
+    def test_peers_told(self) -> None:
+        """The fleet's peers' counts reach every worker packed by slot, and a
+        worker that joins later hears those not zero."""
+        a, b = self.registry.backends
+        self.link.calls.clear()
+        a.peers, b.peers = 4, 0
+        self.fanout.peers_changed([a, b])
+        ((command, arguments),) = self.link.calls
+        self.assertIs(command, commands.Peers)
+        counts = array("q")
+        counts.frombytes(arguments["counts"])
+        self.assertEqual(list(counts), [a.slot, 4, b.slot, 0])
+        late = Link()
+        self.fanout.replay(late)  # type: ignore[arg-type]
+        command, arguments = late.calls[-1]
+        self.assertIs(command, commands.Peers)
+        counts = array("q")
+        counts.frombytes(arguments["counts"])
+        self.assertEqual(list(counts), [a.slot, 4])
 
     def test_changes_told(self) -> None:
         """State changes, configuration changes and removals reach every worker."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -111,6 +112,10 @@ class Fleet(Service):
         self._texts: dict[Address, str] = {}
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
+        # With worker processes (txlb.workers): their counts read into the
+        # registry before each report, and the peers' counts told to them.
+        self.before_report: Callable[[], None] | None = None
+        self.peers_changed: Callable[[list[Backend]], None] | None = None
 
     # --- the service ------------------------------------------------------------------
 
@@ -154,6 +159,8 @@ class Fleet(Service):
         return self._measure(self._seq)
 
     def _measure(self, seq: int) -> Report:
+        if self.before_report is not None:
+            self.before_report()
         now = self._clock.seconds()
         backends: dict[str, int] = {}
         ejected: dict[str, Ejected] = {}
@@ -266,6 +273,7 @@ class Fleet(Service):
         registry = self.registry
         by_address: dict[str, Backend] = {}
         fell = False
+        changed = []
         for b in registry.backends:
             text = self._text(b.address)
             by_address[text] = b
@@ -275,8 +283,11 @@ class Fleet(Service):
                 b.peers = n
                 b.others = b.siblings + n
                 registry.selector.touch(b)
+                changed.append(b)
         if fell:
             registry.queue.serve_soon()
+        if changed and self.peers_changed is not None:
+            self.peers_changed(changed)
         if len(self._texts) > 2 * len(by_address) + 16:
             # Backends come and go (discovery): keep the texts of those here.
             self._texts = {b.address: t for t, b in by_address.items()}

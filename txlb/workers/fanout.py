@@ -10,6 +10,7 @@ removed backends see the whole balancer.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator
 
 from twisted.logger import Logger
@@ -106,6 +107,20 @@ class Fanout(BackendListener):
         """Tell a worker that just said hello of every backend."""
         for backend in self._registry.backends:
             self.introduce(link, backend)
+        self._send_peers([link], [b for b in self._registry.backends if b.peers])
+
+    def peers_changed(self, backends: list[Backend]) -> None:
+        """The fleet's peers' load on C{backends} changed: tell every worker."""
+        self._send_peers(list(self._links()), backends)
+
+    def _send_peers(self, links: list[amp.AMP], backends: list[Backend]) -> None:
+        pairs = array("q")
+        for b in backends:
+            if b.slot >= 0:
+                pairs.extend((b.slot, b.peers))
+        if pairs:
+            for link in links:
+                link.callRemote(commands.Peers, counts=pairs.tobytes())
 
     def worker_gone(self, worker: int) -> None:
         """

@@ -5,8 +5,9 @@ UNIX socket pair (file descriptors travel with them: a backend's permits).
 Supervisor to worker: the configuration in force (L{Hello}'s answer), every
 backend's membership (L{Added}, L{Changed}, L{Removed}), its state as the
 supervisor decides it (L{State}: health checks, ejections, drains, weights,
-slow start), the queue's settings (L{Queue}), a backend's permits
-(L{Permit}), and a request for recent decisions (L{Decisions}).
+slow start), the other balancers' load on it (L{Peers}, with C{[fleet]}),
+the queue's settings (L{Queue}), a backend's permits (L{Permit}), and a
+request for recent decisions (L{Decisions}).
 
 Worker to supervisor: L{Hello}, its observations in batches
 (L{Observed}: what the stats and metrics count), passive results
@@ -35,6 +36,7 @@ __all__ = [
     "Hello",
     "Observed",
     "Outcome",
+    "Peers",
     "Permit",
     "Queue",
     "QuietAMP",
@@ -159,6 +161,16 @@ class Queue(amp.Command):
         (b"size", amp.Integer()),
         (b"timeout", amp.Float()),
     ]
+
+
+class Peers(amp.Command):
+    """
+    The other balancers' requests in flight on some backends ([fleet]):
+    packed (slot, count) pairs of 64-bit integers.
+    """
+
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = [(b"counts", amp.String())]
+    requiresAnswer = False
 
 
 class Start(amp.Command):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from twisted.internet.protocol import Factory, connectionDone
@@ -150,6 +151,13 @@ class SupervisorLink(commands.QuietAMP):
         self._replica().registry.queue.configure(size, timeout)
         return {}
 
+    @commands.Peers.responder
+    def peers(self, counts: bytes) -> dict[str, Any]:
+        pairs = array("q")
+        pairs.frombytes(counts)
+        self._replica().peers(pairs)
+        return {}
+
     @commands.Start.responder
     def start(self) -> dict[str, Any]:
         self.worker.listen()
@@ -202,6 +210,22 @@ class Replica:
         backend = self._slots.get(slot)
         if backend is not None:
             self._restate(backend, state)
+
+    def peers(self, pairs: Sequence[int]) -> None:
+        """The other balancers' load: C{pairs} of (slot, requests in flight)."""
+        registry = self.registry
+        fell = False
+        for i in range(0, len(pairs), 2):
+            backend = self._slots.get(pairs[i])
+            if backend is None:
+                continue
+            count = pairs[i + 1]
+            fell = fell or count < backend.peers
+            backend.peers = count
+            backend.others = backend.siblings + count
+            registry.selector.touch(backend)
+        if fell:
+            registry.queue.serve_soon()
 
     def _restate(self, backend: Backend, state: dict[str, Any]) -> None:
         self.registry.restate(
