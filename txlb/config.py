@@ -10,27 +10,37 @@ reads it (L{txlb.schema.key}: default, converter, what is allowed): the
 front end's L{ClientConfig}, the proxies' L{ProxyConfig}, the registry's
 L{BalancingConfig}, the stats' L{ObserveConfig} (all in ``[txlb]``, declared
 in L{txlb.settings}), L{HealthConfig} (``[health]``), L{OutlierConfig}
-(``[outlier]``), L{FleetConfig} (``[fleet]``, declared in
-L{txlb.fleet.settings}) and L{BackendConfig} (``[backend:NAME]``).  Each
-part is given its own value.
+(``[outlier]``) and L{BackendConfig} (``[backend:NAME]``, those three in
+L{txlb.backendconfig}), L{FleetConfig} (``[fleet]``, declared in
+L{txlb.fleet.settings}).  Each part is given its own value.
 """
 
 from __future__ import annotations
 
 import configparser
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from txlb import schema
+from txlb.backendconfig import (
+    BACKEND_PREFIX,
+    SHARED_KEYS,
+    BackendConfig,
+    HealthConfig,
+    OutlierConfig,
+    check_health,
+    health_overrides,
+    read_backend,
+    valid_name,
+)
 from txlb.discovery.config import CommonConfig, DNSConfig, EC2Config, read_section
 from txlb.fleet.settings import FleetConfig
 from txlb.schema import (
     DURATION,
-    POSITIVE_DURATION,
     Address,
+    ConfigError,
     KeySpec,
     Network,
     key,
@@ -38,6 +48,7 @@ from txlb.schema import (
     one_of,
     parse_duration,
     parse_size,
+    read_in,
 )
 from txlb.settings import (
     ALGORITHMS,
@@ -75,106 +86,10 @@ __all__ = [
 ]
 
 MODES = ("http", "tcp")
-PROXY_PROTOCOLS = ("none", "v1", "v2")
-INITIAL_STATES = ("healthy", "unknown")
 SOURCES = ("static", "admin")
 """Where a backend came from (discovery sections add their own)."""
 
-_HEALTH_OVERRIDE = "health_"
-_BACKEND_PREFIX = "backend:"
 _DISCOVERY_PREFIX = "discovery:"
-
-
-class ConfigError(Exception):
-    """
-    A configuration file is unreadable or wrong.
-
-    C{str(error)} is the single line shown to the user.
-    """
-
-    def __init__(
-        self, filename: str, message: str, section: str = "", key: str = ""
-    ) -> None:
-        where = filename
-        if section:
-            where += f": [{section}]"
-        if key:
-            where += f" {key}"
-        super().__init__(f"{where}: {message}")
-        self.filename = filename
-        self.section = section
-        self.key = key
-
-
-@attrs.frozen
-class HealthConfig:
-    """Active health checks (``[health]``; per backend as ``health_KEY``)."""
-
-    path: str = key(
-        "/health",
-        schema.path,
-        "an absolute path such as /health, or empty for a TCP check",
-    )
-    interval: float = key(2.0, schema.positive_duration, POSITIVE_DURATION)
-    timeout: float = key(1.0, schema.positive_duration, POSITIVE_DURATION)
-    rise: int = key(2, schema.positive_count, "a whole number, 1 or more")
-    fall: int = key(3, schema.positive_count, "a whole number, 1 or more")
-    expect_status: tuple[tuple[int, int], ...] = key(
-        ((200, 399),), schema.statuses, "codes or ranges, e.g. 200-399, 200,204 or 2xx"
-    )
-    expect_body: str = key(
-        "", schema.text, "text the probe's answer must contain (empty: any)"
-    )
-    slow_start: float = key(0.0, schema.parse_duration, "0 (off) or " + DURATION)
-    initial_state: str = key(
-        "healthy", schema.choice(INITIAL_STATES), one_of(INITIAL_STATES)
-    )
-
-
-@attrs.frozen
-class OutlierConfig:
-    """Passive checks: ejecting backends that fail real requests (``[outlier]``)."""
-
-    consecutive_failures: int = key(5, schema.count, "a whole number, 0 (off) or more")
-    base_ejection_time: float = key(30.0, schema.positive_duration, POSITIVE_DURATION)
-    max_ejection_time: float = key(300.0, schema.positive_duration, POSITIVE_DURATION)
-    max_ejected_percent: int = key(
-        50, schema.percent, "a percentage of backends, 0 to 100"
-    )
-
-
-@attrs.frozen
-class BackendConfig:
-    """
-    One backend: a ``[backend:NAME]`` section, or one found elsewhere.
-
-    @ivar source: where it came from: C{static} (lb.ini), C{admin}, or a
-        discovery section (C{dns:NAME}, C{ec2:NAME}).
-    @ivar priority: RFC 2782's: backends of a higher number take requests
-        only while none of a lower one is in rotation (SRV records set it;
-        0 for all others).
-    """
-
-    name: str
-    address: Address = key(
-        attrs.NOTHING, schema.address, "host:port, e.g. 127.0.0.1:9001 or [::1]:9001"
-    )
-    weight: float = key(
-        1.0, schema.bounded(0, 1000), "a number above 0 and at most 1000"
-    )
-    health: HealthConfig = HealthConfig()
-    proxy_protocol: str = key(
-        "none",
-        schema.choice(PROXY_PROTOCOLS),
-        one_of(PROXY_PROTOCOLS) + " (PROXY protocol header, tcp mode)",
-    )
-    max_connections: int = key(
-        0,
-        schema.count,
-        "a whole number, 0 (unlimited) or more: requests or connections at once",
-    )
-    source: str = "static"
-    priority: int = 0
 
 
 @attrs.frozen
@@ -269,22 +184,6 @@ _HEALTH_KEYS = keys_of(HealthConfig)
 _OUTLIER_KEYS = keys_of(OutlierConfig)
 _RATELIMIT_KEYS = keys_of(RateLimitConfig)
 _FLEET_KEYS = keys_of(FleetConfig)
-_BACKEND_KEYS: dict[str, KeySpec] = {
-    **keys_of(BackendConfig),
-    **{
-        _HEALTH_OVERRIDE + name: attrs.evolve(spec, name=_HEALTH_OVERRIDE + name)
-        for name, spec in _HEALTH_KEYS.items()
-        if name != "initial_state"
-    },
-}
-
-
-def _read(
-    filename: str, section: str, items: Mapping[str, str], keys: Mapping[str, KeySpec]
-) -> dict[str, Any]:
-    return schema.read_keys(
-        items, keys, lambda name, why: ConfigError(filename, why, section, name)
-    )
 
 
 def parse(text: str, filename: str = "lb.ini") -> Config:
@@ -319,18 +218,18 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
     for name in parser.sections():
         items = dict(parser.items(name))
         if name == "txlb":
-            top = _read(
+            top = read_in(
                 filename, name, items, {k: s for k, (_, s) in _TXLB_KEYS.items()}
             )
         elif name == "health":
-            health = _read(filename, name, items, _HEALTH_KEYS)
+            health = read_in(filename, name, items, _HEALTH_KEYS)
         elif name == "outlier":
-            outlier = _read(filename, name, items, _OUTLIER_KEYS)
+            outlier = read_in(filename, name, items, _OUTLIER_KEYS)
         elif name == "ratelimit":
             ratelimit = _ratelimit(filename, items)
         elif name == "fleet":
-            fleet = _read(filename, name, items, _FLEET_KEYS)
-        elif name.startswith(_BACKEND_PREFIX):
+            fleet = read_in(filename, name, items, _FLEET_KEYS)
+        elif name.startswith(BACKEND_PREFIX):
             backend_sections.append((name, items))
         elif name.startswith(_DISCOVERY_PREFIX):
             discovery_sections.append((name, items))
@@ -348,10 +247,10 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
             " [discovery:NAME]",
         )
     health_config = HealthConfig(**health)
-    _check_health(filename, "health", "", health_config)
+    check_health(filename, "health", "", health_config)
     seen_addresses: dict[Address, str] = {}
     backends = [
-        _backend(filename, name, items, seen_addresses, health_config)
+        read_backend(filename, name, items, seen_addresses, health_config)
         for name, items in backend_sections
     ]
     discoveries = tuple(
@@ -379,7 +278,7 @@ def parse(text: str, filename: str = "lb.ini") -> Config:
 
 
 def _ratelimit(filename: str, items: Mapping[str, str]) -> RateLimitConfig:
-    values = _read(filename, "ratelimit", items, _RATELIMIT_KEYS)
+    values = read_in(filename, "ratelimit", items, _RATELIMIT_KEYS)
     if "rate" not in values:
         raise ConfigError(
             filename,
@@ -425,7 +324,7 @@ def _check_mode(config: Config) -> None:
     if config.mode == "tcp":
         _check_tcp_affinity(config)
     if config.mode != "tcp":
-        sections = [(_BACKEND_PREFIX + b.name, b) for b in config.backends]
+        sections = [(BACKEND_PREFIX + b.name, b) for b in config.backends]
         sections += [
             (_DISCOVERY_PREFIX + d.name, d.backend) for d in config.discoveries
         ]
@@ -464,58 +363,6 @@ def _check_tcp_affinity(config: Config) -> None:
         )
 
 
-def _check_health(
-    filename: str, section: str, prefix: str, health: HealthConfig
-) -> None:
-    if health.timeout > health.interval:
-        raise ConfigError(
-            filename, "timeout must not exceed interval", section, prefix + "timeout"
-        )
-
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def valid_name(name: str) -> bool:
-    """Whether C{name} may name a backend: 1-64 letters, digits, '_', '.', '-'."""
-    return _NAME.fullmatch(name) is not None
-
-
-def _backend(
-    filename: str,
-    section: str,
-    items: Mapping[str, str],
-    seen: dict[Address, str],
-    health: HealthConfig,
-) -> BackendConfig:
-    name = section[len(_BACKEND_PREFIX) :].strip()
-    if not valid_name(name):
-        raise ConfigError(
-            filename,
-            "backend name must be 1-64 letters, digits, '_', '.' or '-'",
-            section,
-        )
-    values = _read(filename, section, items, _BACKEND_KEYS)
-    if "address" not in values:
-        raise ConfigError(
-            filename,
-            "missing; expected " + _BACKEND_KEYS["address"].allowed,
-            section,
-            "address",
-        )
-    address = values["address"]
-    if address in seen:
-        raise ConfigError(
-            filename,
-            f"{address} is already used by [backend:{seen[address]}]",
-            section,
-            "address",
-        )
-    seen[address] = name
-    health = _health_overrides(filename, section, values, health)
-    return BackendConfig(name=name, health=health, **values)
-
-
 def parse_backend(
     name: str, items: Mapping[str, str], config: Config, source: str, where: str
 ) -> BackendConfig:
@@ -526,8 +373,8 @@ def parse_backend(
     @param where: what names the input in an error, in place of a file.
     @raise ConfigError: the same one-line error lb.ini would get.
     """
-    section = _BACKEND_PREFIX + name
-    spec = _backend(where, section, items, {}, config.health)
+    section = BACKEND_PREFIX + name
+    spec = read_backend(where, section, items, {}, config.health)
     if config.mode != "tcp" and spec.proxy_protocol != "none":
         raise ConfigError(
             where,
@@ -536,9 +383,6 @@ def parse_backend(
             "proxy_protocol",
         )
     return attrs.evolve(spec, source=source)
-
-
-_SHARED_KEYS = {name: spec for name, spec in _BACKEND_KEYS.items() if name != "address"}
 
 
 def _discovery(
@@ -555,13 +399,13 @@ def _discovery(
     def fail(key: str, why: str) -> ConfigError:
         return ConfigError(filename, why, section, key)
 
-    common, typed, rest = read_section(items, _SHARED_KEYS, fail)
-    values = _read(filename, section, rest, _SHARED_KEYS)
+    common, typed, rest = read_section(items, SHARED_KEYS, fail)
+    values = read_in(filename, section, rest, SHARED_KEYS)
     backend = BackendConfig(
         name="",
         address=Address("", 0),
         source=f"{common.type}:{name}",
-        health=_health_overrides(filename, section, values, health),
+        health=health_overrides(filename, section, values, health),
         **values,
     )
     return DiscoveryConfig(
@@ -571,21 +415,6 @@ def _discovery(
         dns=typed if isinstance(typed, DNSConfig) else None,
         ec2=typed if isinstance(typed, EC2Config) else None,
     )
-
-
-def _health_overrides(
-    filename: str, section: str, values: dict[str, Any], health: HealthConfig
-) -> HealthConfig:
-    """Take the C{health_KEY} values out of C{values}, applied to C{health}."""
-    overrides = {
-        key[len(_HEALTH_OVERRIDE) :]: values.pop(key)
-        for key in list(values)
-        if key.startswith(_HEALTH_OVERRIDE)
-    }
-    if overrides:
-        health = attrs.evolve(health, **overrides)
-        _check_health(filename, section, _HEALTH_OVERRIDE, health)
-    return health
 
 
 def load(path: str) -> Config:

@@ -19,15 +19,39 @@ import attrs
 
 __all__ = [
     "Address",
+    "ConfigError",
     "KeySpec",
     "Network",
     "key",
     "keys_of",
     "parse_duration",
     "parse_size",
+    "read_in",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """
+    A configuration file is unreadable or wrong.
+
+    C{str(error)} is the single line shown to the user.
+    """
+
+    def __init__(
+        self, filename: str, message: str, section: str = "", key: str = ""
+    ) -> None:
+        where = filename
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+        self.filename = filename
+        self.section = section
+        self.key = key
+
 
 _KEY = "txlb.key"
 
@@ -263,3 +287,12 @@ def read_keys(
                 name, f"{raw.strip()!r} is not valid; expected {spec.allowed}"
             ) from None
     return values
+
+
+def read_in(
+    filename: str, section: str, items: Mapping[str, str], keys: Mapping[str, KeySpec]
+) -> dict[str, Any]:
+    """L{read_keys} for C{section} of C{filename}: its errors are L{ConfigError}s."""
+    return read_keys(
+        items, keys, lambda name, why: ConfigError(filename, why, section, name)
+    )
