@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import Harness
+from txlb.http.upload import HOLD
 
 GET = b"GET /path?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
 OK = (
@@ -527,6 +528,27 @@ class StreamingTests(SynchronousTestCase):
         h.reactor.advance(0.2)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 504 "))
         self.assertTrue(backend.received().endswith(b"abcd"))
+
+    def test_backend_lost_mid_upload_gets_502(self) -> None:
+        """
+        A backend that breaks while a large body streams to it: the rest of
+        the body is read and dropped (never held, so the client is never
+        paused for it) and the client gets 502 once it has sent it all.
+        """
+        h = Harness(backends=1)
+        client = h.client()
+        size = 3 * HOLD
+        head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+        client.send(head % size)
+        backend = h.accept()
+        client.send(b"x" * HOLD)
+        backend.close()
+        client.send(b"y" * HOLD)
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(client.received(), b"")
+        client.send(b"z" * HOLD)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertEqual(h.active(), [0])
 
     def test_chunked_upload(self) -> None:
         """A chunked upload is re-chunked to the backend."""

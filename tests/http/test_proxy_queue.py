@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import Harness
-from txlb.http.exchange import HOLD
+from txlb.http.upload import HOLD
 
 GET = b"GET /path HTTP/1.1\r\nHost: example.com\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

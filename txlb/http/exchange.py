@@ -4,9 +4,8 @@ One client request's trip to a backend and back: the L{Exchange}.
 The exchange gets a lease (L{txlb.core.queue}), a connection from the
 backend's pool (L{txlb.http.upstream}) and streams both ways with
 back-pressure: a request with a body starts as soon as its head is in (its
-body is read on up to L{HOLD} until the backend connection is up, so a
-client that leaves meanwhile is seen), and the exchange is
-the producer of the response, so a client that does not read pauses the
+body held meanwhile: L{txlb.http.upload}), and the exchange is the producer
+of the response, so a client that does not read pauses the
 backend read (and its timeout).  A failure before any answer is retried on
 another backend when the request can be replayed.  An C{Upgrade} request
 (WebSocket) keeps its C{Upgrade} and C{Connection} headers; after the
@@ -31,22 +30,15 @@ from txlb.http.headers import response_headers
 from txlb.http.proxy import HTTPProxy
 from txlb.http.request import ClientRequest, backend_head
 from txlb.http.upgrade import hand_off
+from txlb.http.upload import Upload
 from txlb.http.upstream import BackendConnection
 from txlb.net.connect import ConnectAttempt
 from txlb.net.tunnel import Relay
 from txlb.observe.accesslog import record
 
-__all__ = ["HOLD", "Exchange"]
+__all__ = ["Exchange"]
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-HOLD = 64 * 1024
-"""
-Bytes of a request body read while it waits for a backend (in the queue, or
-connecting) before its client is paused.  While it is read, a client that
-disconnects is noticed at once; past it, the end of its connection waits
-unread behind the rest of its body until a backend takes the request.
-"""
 
 # How a failed exchange is described in the backend's ejection cause.
 _FAILURES = {
@@ -69,7 +61,6 @@ class Exchange:
     __slots__ = (
         "attached",
         "attempt",
-        "body_complete",
         "body_length",
         "bytes_sent",
         "conn",
@@ -78,8 +69,6 @@ class Exchange:
         "head",
         "lease",
         "method",
-        "pending",
-        "pending_bytes",
         "proxy",
         "request",
         "responded",
@@ -88,6 +77,7 @@ class Exchange:
         "status",
         "tried",
         "upgrade",
+        "upload",
         "upstream_started",
         "waiter",
     )
@@ -108,9 +98,7 @@ class Exchange:
         self.responded = False
         self.retried = False
         self.done = False
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.body_complete = False
+        self.upload: Upload | None = None
         self.status = 0
         self.bytes_sent = 0
         self.upstream_started = 0.0
@@ -128,41 +116,25 @@ class Exchange:
         self.body_length = body_length = request.body_length
         self.attached = body_length == 0
         if body_length != 0:
-            # Hold the body until a backend connection is up, reading on
-            # (up to HOLD) so that a client that leaves meanwhile, queued or
-            # not, is noticed at once.
-            self.pending = request.body
-            self.pending_bytes = sum(map(len, self.pending))
-            request.body = []
-            if not request.complete and self.pending_bytes >= HOLD:
-                request.pause_body()
+            self.upload = Upload(request)
         self.head, self.upgrade = backend_head(request, proxy.trusted_proxies)
         self._pick()
         if body_length != 0 and request.complete and not self.done:
             self.client_body_done()
 
     def client_body(self, data: bytes) -> None:
-        if self.done:
-            return
-        conn = self.conn
-        if conn is None:
-            # Sent once a backend is ready; past HOLD (and one read) the
-            # client waits unread.
-            self.pending.append(data)
-            self.pending_bytes += len(data)
-            if self.pending_bytes >= HOLD:
-                self.request.pause_body()
-        elif self.body_length is None:
-            conn.send(wire.chunk(data))
-        else:
-            conn.send(data)
+        upload = self.upload
+        if upload is not None and not self.done:
+            upload.received(data)
 
     def client_body_done(self) -> None:
-        self.body_complete = True
-        conn = self.conn
-        if conn is not None and not self.done and self.body_length != 0:
+        upload = self.upload
+        if upload is not None:
             # (A request without a body was ended as it was sent.)
-            self._body_sent(conn)
+            upload.complete = True
+            conn = self.conn
+            if conn is not None and not self.done:
+                self._body_sent(conn, upload)
         self.attached = True
         early, self.early = self.early, None
         if early:
@@ -216,27 +188,18 @@ class Exchange:
         self.conn = conn
         self.upstream_started = self.proxy.clock.seconds()
         conn.start(self, self.head, self.method == b"HEAD")
-        if self.body_length == 0:
+        upload = self.upload
+        if upload is None:
             conn.request_sent()
             conn.arm(self.proxy.backend_timeout)
             return
-        pending, self.pending = self.pending, []
-        chunked = self.body_length is None
-        for data in pending:
-            conn.send(wire.chunk(data) if chunked else data)
-        if self.body_complete:
-            self._body_sent(conn)
-        else:
-            request = self.request
-            conn.transport.registerProducer(request.upload_producer(), True)  # type: ignore[union-attr]
-            request.resume_body()
+        upload.attach(conn)
+        if upload.complete:
+            self._body_sent(conn, upload)
 
-    def _body_sent(self, conn: BackendConnection) -> None:
+    def _body_sent(self, conn: BackendConnection, upload: Upload) -> None:
         """The request body is all in: end it and time the answer."""
-        if self.body_length is None:
-            conn.send(wire.LAST_CHUNK)
-        if conn.transport.producer is not None:  # type: ignore[union-attr]
-            conn.transport.unregisterProducer()  # type: ignore[union-attr]
+        upload.end()
         conn.request_sent()
         conn.arm(self.proxy.backend_timeout)
 
@@ -412,9 +375,9 @@ class Exchange:
             return
         request = self.request
         if not self.attached:
-            # Let the rest of the body in (it is discarded) so the request
-            # completes and can be answered.
-            request.resume_body()
+            # Answered once the rest of the body is in (and dropped).
+            assert self.upload is not None
+            self.upload.drop()
             self._defer(lambda: self._error(code, message, retry))
             return
         self.done = True
