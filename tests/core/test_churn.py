@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.core.test_membership import Listener, spec
 from tests.support import Harness, registry_of
 from txlb.config import HealthConfig
+from txlb.core.conflicts import Conflicts
 from txlb.core.registry import Registry
 
 GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -157,6 +158,7 @@ class ConflictTests(SynchronousTestCase):
         self.clock = Clock()
         self.events: list[dict[str, Any]] = []
         self.patch(Registry, "log", Logger(observer=self.events.append))
+        self.patch(Conflicts, "log", Logger(observer=self.events.append))
         self.registry = registry_of([spec("a", 1)], self.clock)
 
     def warnings(self) -> list[str]:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from txlb.config import BackendConfig, BalancingConfig, Config, OutlierConfig
 from txlb.core.backend import Backend
+from txlb.core.conflicts import Conflicts
 from txlb.core.decisions import DecisionLog
 from txlb.core.listeners import IBackendListener
 from txlb.core.outlier import Ejector
@@ -174,8 +175,7 @@ class Registry(BackendStates):
         self._drains: dict[Backend, IDelayedCall] = {}
         # Added after start-up: slow start from its first moment in rotation.
         self._joining: set[Backend] = set()
-        # What apply() warned of, per source: each conflict is told once.
-        self._conflicts: dict[str, set[tuple[str, str]]] = {}
+        self._conflicts = Conflicts()
         self.queue = BackendQueue(
             self, clock, balancing.queue_size, balancing.queue_timeout
         )
@@ -402,8 +402,7 @@ class Registry(BackendStates):
         while that conflict lasts, however often the source answers).
         """
         wanted = {spec.name: spec for spec in specs}
-        warned = self._conflicts.get(source, set())
-        conflicts: set[tuple[str, str]] = set()
+        passed_over: list[tuple[BackendConfig, Backend]] = []
         for backend in list(self.backends):
             if backend.source == source and backend.name not in wanted:
                 self.remove(backend, f"removed by {cause}")
@@ -411,45 +410,11 @@ class Registry(BackendStates):
             found = self.find(spec)
             if found is None:
                 self.add(spec, f"added by {cause}")
-                continue
-            if found.source == source and found.address == spec.address:
+            elif found.source == source and found.address == spec.address:
                 self.update(found, spec, cause)
-                continue
-            conflict = (spec.name, str(spec.address))
-            conflicts.add(conflict)
-            if conflict in warned:
-                continue
-            if found.source == source and found.name == spec.name:
-                self.log.warn(
-                    "{cause}: backend {backend} moved from {old} to {new}, which"
-                    " takes a restart (or a new backend name); it stays at {old}",
-                    cause=cause,
-                    backend=spec.name,
-                    old=str(found.address),
-                    new=str(spec.address),
-                )
-            elif found.leaving and found.address == spec.address:
-                self.log.warn(
-                    "{cause}: backend {backend} is still draining at its old"
-                    " place; it is added once it is gone",
-                    cause=cause,
-                    backend=spec.name,
-                )
             else:
-                self.log.warn(
-                    "{cause}: backend {backend} ({address}) not added: {name} at"
-                    " {taken} comes from {source}",
-                    cause=cause,
-                    backend=spec.name,
-                    address=str(spec.address),
-                    name=found.name,
-                    taken=str(found.address),
-                    source=found.source,
-                )
-        if conflicts:
-            self._conflicts[source] = conflicts
-        else:
-            self._conflicts.pop(source, None)
+                passed_over.append((spec, found))
+        self._conflicts.report(source, passed_over, cause)
 
     def _forget(self, backend: Backend) -> None:
         """A leaving backend drained: drop it and tell the listeners."""
