@@ -24,7 +24,7 @@ from txlb.schema import keys_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "txlb"
-MAX_LINES = 480
+MAX_LINES = 460
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -188,7 +188,7 @@ class ArchitectureTests(SynchronousTestCase):
         self.assertEqual(sorted(packages - listed), [])
 
     def test_small_modules(self) -> None:
-        """No module of txlb over 480 lines (about 450 is the aim)."""
+        """No module of txlb over 460 lines (about 450: the largest are 455)."""
         long = {
             name: lines
             for name, path in modules()
