@@ -92,6 +92,41 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(h.active(), [0])
 
 
+class IdleTellsTests(SynchronousTestCase):
+    def test_resting_and_working_told(self) -> None:
+        """
+        The factory's idle listener (a worker's connection count) hears a
+        keep-alive connection rest once its response is written and work
+        again at the first byte of its next request; a connection whose
+        answer closes it never rests.
+        """
+        heard: list[tuple[str, object]] = []
+
+        class Listener:
+            def resting(self, connection: object) -> None:
+                heard.append(("resting", connection))
+
+            def working(self, connection: object) -> None:
+                heard.append(("working", connection))
+
+        h = Harness(backends=1)
+        h.factory.idle = Listener()  # type: ignore[attr-defined]
+        client = h.client()
+        client.send(GET)
+        backend = h.accept()
+        self.assertEqual(heard, [])
+        backend.reply(OK)
+        self.assertEqual(heard, [("resting", client.proto)])
+        client.send(b"GET /b HTTP/1.1\r\n")
+        self.assertEqual(heard[1:], [("working", client.proto)])
+        client.send(b"Host: a\r\nConnection: close\r\n\r\n")
+        backend.transport.clear()
+        backend.reply(OK)
+        self.assertTrue(client.received().endswith(b"ok"))
+        self.assertFalse(client.transport.connected)
+        self.assertEqual(len(heard), 2)
+
+
 class PipelineTests(SynchronousTestCase):
     def test_pipelined_requests_answered_in_order(self) -> None:
         """

@@ -15,9 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support import registry_of
 from txlb.config import Address, BackendConfig
 from txlb.workers import protocol as commands
-from txlb.workers.accepting import CountedConnections, balance_accepts
+from txlb.workers.accepting import BATCH, CountedConnections, balance_accepts
 from txlb.workers.fanout import Fanout
-from txlb.workers.shm import Counts, Permits
+from txlb.workers.shm import NOT_ACCEPTING, Counts, Permits
 
 
 class Link:
@@ -147,14 +147,23 @@ class FanoutTests(SynchronousTestCase):
 
 
 class FakePort:
-    def __init__(self) -> None:
+    """A listening port with C{waiting} connections in its backlog; each it
+    accepts is made a connection of C{mine}, as a real one would be."""
+
+    def __init__(self, mine: CountedConnections, waiting: int) -> None:
+        self.mine = mine
+        self.waiting = waiting
         self.connected = True
+        self.disconnecting = False
         self.reading = True
         self.accepted = 0
         self.numberAccepts = 100
 
     def doRead(self) -> None:
-        self.accepted += self.numberAccepts
+        for _ in range(min(self.numberAccepts, self.waiting)):
+            self.waiting -= 1
+            self.accepted += 1
+            self.mine.add(("connection", self.accepted))
 
     def stopReading(self) -> None:
         self.reading = False
@@ -166,8 +175,9 @@ class FakePort:
 class AcceptingTests(SynchronousTestCase):
     def test_one_accept_at_a_time_and_pause_when_busier(self) -> None:
         """
-        A worker accepts one connection per event, and pauses for a moment
-        while it has more than the least loaded worker plus one.
+        A worker accepts one connection at a time while it has no more than
+        the least loaded worker plus one (up to BATCH an event), and pauses
+        for a moment while it has more.
         """
         clock = Clock()
         counts = Counts.create(2, slots=4)
@@ -176,20 +186,94 @@ class AcceptingTests(SynchronousTestCase):
         theirs = CountedConnections(counts, 1)
         mine.accepting(True)
         theirs.accepting(True)
-        port = FakePort()
+        port = FakePort(mine, waiting=100)
         balance_accepts(port, counts, mine, clock)
         port.doRead()
-        self.assertEqual(port.accepted, 1)
-        mine.add("c1")
-        mine.add("c2")
+        self.assertEqual((port.accepted, port.reading), (2, True))
         self.assertEqual(counts.cells[counts.connections_cell(0)], 2)
         port.doRead()
-        self.assertEqual((port.accepted, port.reading), (1, False))
+        self.assertEqual((port.accepted, port.reading), (2, False))
+        # Paused, it is no measure for the other worker, which never pauses
+        # for it (both would wait while the backlog grows).
+        self.assertEqual(counts.cells[counts.connections_cell(0)], NOT_ACCEPTING)
+        self.assertEqual(counts.fewest_connections(), 0)
         clock.advance(0.001)
         self.assertTrue(port.reading)
+        self.assertEqual(counts.cells[counts.connections_cell(0)], 2)
         theirs.add("c3")
+        theirs.add("c4")
         port.doRead()
-        self.assertEqual(port.accepted, 2)
+        self.assertEqual(port.accepted, 4)
+        for n in range(100):
+            theirs.add(n)
+        port.doRead()
+        self.assertEqual(port.accepted, 4 + BATCH)
+        port.waiting = 0
+        port.doRead()
+        self.assertEqual((port.accepted, port.reading), (4 + BATCH, True))
+
+    def test_resting_keepalive_connections_are_not_busy(self) -> None:
+        """
+        Connections resting between requests do not count: a worker with
+        five idle keep-alive connections still accepts while the other has
+        one busy; each wakes to count again, and a resting one that closes
+        leaves the count right.
+        """
+        clock = Clock()
+        counts = Counts.create(2, slots=4)
+        self.addCleanup(counts.close)
+        mine = CountedConnections(counts, 0)
+        theirs = CountedConnections(counts, 1)
+        mine.accepting(True)
+        theirs.accepting(True)
+        for n in range(5):
+            mine.add(n)
+            mine.resting(n)
+        theirs.add("t")
+        cell = counts.connections_cell(0)
+        self.assertEqual((len(mine), mine.busy, counts.cells[cell]), (5, 0, 0))
+        port = FakePort(mine, waiting=100)
+        balance_accepts(port, counts, mine, clock)
+        port.doRead()
+        # Up to one more than the other worker's one busy connection.
+        self.assertEqual((port.accepted, mine.busy), (3, 3))
+        for n in range(3):
+            mine.working(n)
+        self.assertEqual(counts.cells[cell], 6)
+        port.doRead()
+        self.assertEqual((port.accepted, port.reading), (3, False))
+        clock.advance(0.001)  # the pause over, its count is published again
+        mine.discard(4)
+        mine.discard(0)
+        mine.working(4)  # gone: nothing to wake
+        self.assertEqual((len(mine), mine.busy, counts.cells[cell]), (6, 5, 5))
+        mine.resting("never added")
+        self.assertEqual(mine.busy, 5)
+
+    def test_a_pause_that_ends_after_the_worker_stopped(self) -> None:
+        """
+        A worker that stops accepting (SIGTERM) while a port is paused stays
+        out of the comparison, and the closed port is not read again.
+        """
+        clock = Clock()
+        counts = Counts.create(2, slots=4)
+        self.addCleanup(counts.close)
+        mine = CountedConnections(counts, 0)
+        mine.accepting(True)
+        CountedConnections(counts, 1).accepting(True)
+        port = FakePort(mine, waiting=100)
+        balance_accepts(port, counts, mine, clock)
+        port.doRead()
+        port.doRead()
+        self.assertFalse(port.reading)
+        mine.accepting(False)
+        port.disconnecting = True
+        clock.advance(0.001)
+        self.assertFalse(port.reading)
+        cell = counts.connections_cell(0)
+        self.assertEqual(counts.cells[cell], NOT_ACCEPTING)
+        mine.discard(("connection", 1))
+        self.assertEqual(counts.cells[cell], NOT_ACCEPTING)
 
     def test_a_worker_not_accepting_does_not_count(self) -> None:
         """A starting or dead worker's count is no reason for others to pause."""
@@ -200,7 +284,7 @@ class AcceptingTests(SynchronousTestCase):
         mine.accepting(True)
         for n in range(5):
             mine.add(n)
-        port = FakePort()
+        port = FakePort(mine, waiting=3)
         balance_accepts(port, counts, mine, clock)
         port.doRead()
-        self.assertEqual(port.accepted, 1)
+        self.assertEqual((port.accepted, port.reading), (3, True))

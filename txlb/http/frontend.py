@@ -48,7 +48,7 @@ from txlb.http.head import Refused, judge
 from txlb.http.request import ClientRequest, ResponseFlow
 from txlb.http.requestline import method_error
 from txlb.net import fastio
-from txlb.net.admission import ClientLimit, Refuse
+from txlb.net.admission import ClientLimit, IdleConnections, Refuse
 from txlb.net.deadline import Deadline
 
 __all__ = ["HTTPFrontend", "HTTPFrontendFactory"]
@@ -92,7 +92,7 @@ class HTTPFrontend(Protocol):
         transport: Any = self.transport
         self.peer = str(getattr(transport.getPeer(), "host", ""))
         self.local_host = str(getattr(transport.getHost(), "host", ""))
-        self.secure = _is_secure(transport)
+        self.secure = ISSLTransport.providedBy(transport) is True
         self.factory.connections.add(self)
         self._arm("head", self.limits.header_timeout)
 
@@ -120,6 +120,8 @@ class HTTPFrontend(Protocol):
         between_requests = self._incoming is None
         if between_requests and self._phase != "head":
             self._arm("head", self.limits.header_timeout)
+            if self.factory.idle is not None:
+                self.factory.idle.working(self)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -281,6 +283,8 @@ class HTTPFrontend(Protocol):
             self._answer_failure(self._failure)
         elif self._incoming is None:
             self._arm("idle", self.limits.keepalive_timeout)
+            if self.factory.idle is not None:
+                self.factory.idle.resting(self)
 
     def _next(self) -> None:
         if self._gone or self._active is not None or not self._queue:
@@ -436,6 +440,8 @@ class HTTPFrontendFactory(Factory):
         self.clock = clock
         self.handle = handle
         self.connections: set[HTTPFrontend] = set()
+        # Told of keep-alive connections resting between requests (workers).
+        self.idle: IdleConnections | None = None
         self.limit = ClientLimit(limits.max_clients, clock)
         self.rejected = 0
 
@@ -449,7 +455,3 @@ class HTTPFrontendFactory(Factory):
 # holds the protocol's bound methods, a reference cycle that only the cycle
 # collector would free (and tune_gc's thresholds make its full passes rare).
 _CLOSED = httptools.HttpRequestParser(None)
-
-
-def _is_secure(transport: Any) -> bool:
-    return ISSLTransport.providedBy(transport) is True

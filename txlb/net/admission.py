@@ -6,12 +6,24 @@ end and TCP mode: HAProxy's C{maxconn}; and what a refused connection gets.
 from __future__ import annotations
 
 from collections.abc import Sized
+from typing import Any
+from typing import Protocol as Interface
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-__all__ = ["ClientLimit", "Refuse"]
+__all__ = ["ClientLimit", "IdleConnections", "Refuse"]
+
+
+class IdleConnections(Interface):
+    """
+    Told when a keep-alive client connection waits between requests and when
+    its next request begins (a worker process counts the busy ones).
+    """
+
+    def resting(self, connection: Any) -> None: ...
+    def working(self, connection: Any) -> None: ...
 
 
 class ClientLimit:

@@ -136,6 +136,7 @@ class Worker:
                 config.client, reactor, Router(proxy, stats, reserve=True)
             )
             self.front.connections = self.connections
+            self.front.idle = self.connections
             self.limit = self.front.limit
         top.watch(self.connections)
         self.heartbeat = LoopingCall(self._beat)
