@@ -15,7 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support import registry_of
 from txlb.config import Address, BackendConfig
 from txlb.workers import protocol as commands
-from txlb.workers.accepting import BATCH, CountedConnections, balance_accepts
+from txlb.workers.accepting import (
+    BATCH,
+    PASSES,
+    PAUSE,
+    CountedConnections,
+    balance_accepts,
+)
 from txlb.workers.fanout import Fanout
 from txlb.workers.shm import NOT_ACCEPTING, Counts, Permits
 
@@ -176,8 +182,9 @@ class AcceptingTests(SynchronousTestCase):
     def test_one_accept_at_a_time_and_pause_when_busier(self) -> None:
         """
         A worker accepts one connection at a time while it has no more than
-        the least loaded worker plus one (up to BATCH an event), and pauses
-        for a moment while it has more.
+        the least loaded worker plus one (up to BATCH an event); busier, it
+        lets PASSES readiness events go by for the other worker, then
+        pauses for a moment.
         """
         clock = Clock()
         counts = Counts.create(2, slots=4)
@@ -186,24 +193,25 @@ class AcceptingTests(SynchronousTestCase):
         theirs = CountedConnections(counts, 1)
         mine.accepting(True)
         theirs.accepting(True)
-        port = FakePort(mine, waiting=100)
+        port = FakePort(mine, waiting=1000)
         balance_accepts(port, counts, mine, clock)
         port.doRead()
         self.assertEqual((port.accepted, port.reading), (2, True))
         self.assertEqual(counts.cells[counts.connections_cell(0)], 2)
-        port.doRead()
-        self.assertEqual((port.accepted, port.reading), (2, False))
-        # Paused, it is no measure for the other worker, which never pauses
-        # for it (both would wait while the backlog grows).
-        self.assertEqual(counts.cells[counts.connections_cell(0)], NOT_ACCEPTING)
-        self.assertEqual(counts.fewest_connections(), 0)
-        clock.advance(0.001)
-        self.assertTrue(port.reading)
-        self.assertEqual(counts.cells[counts.connections_cell(0)], 2)
+        for _ in range(PASSES - 1):
+            port.doRead()
+        self.assertEqual((port.accepted, port.reading), (2, True))
         theirs.add("c3")
         theirs.add("c4")
-        port.doRead()
+        port.doRead()  # the other caught up: the count of passes starts over
         self.assertEqual(port.accepted, 4)
+        for _ in range(PASSES - 1):
+            port.doRead()
+        self.assertTrue(port.reading)
+        port.doRead()
+        self.assertEqual((port.accepted, port.reading), (4, False))
+        clock.advance(PAUSE)
+        self.assertTrue(port.reading)
         for n in range(100):
             theirs.add(n)
         port.doRead()
@@ -212,12 +220,13 @@ class AcceptingTests(SynchronousTestCase):
         port.doRead()
         self.assertEqual((port.accepted, port.reading), (4 + BATCH, True))
 
-    def test_resting_keepalive_connections_are_not_busy(self) -> None:
+    def test_idle_keepalive_connections_are_not_busy(self) -> None:
         """
-        Connections resting between requests do not count: a worker with
-        five idle keep-alive connections still accepts while the other has
-        one busy; each wakes to count again, and a resting one that closes
-        leaves the count right.
+        A connection resting between requests through a whole sweep is
+        idle and not counted, so a worker holding five idle keep-alive
+        connections still accepts beside one with one busy; one that sends
+        its next request before the sweep after next is never idle; an
+        idle one that wakes, or closes, leaves the count right.
         """
         clock = Clock()
         counts = Counts.create(2, slots=4)
@@ -226,28 +235,36 @@ class AcceptingTests(SynchronousTestCase):
         theirs = CountedConnections(counts, 1)
         mine.accepting(True)
         theirs.accepting(True)
-        for n in range(5):
+        for n in range(6):
             mine.add(n)
             mine.resting(n)
         theirs.add("t")
         cell = counts.connections_cell(0)
-        self.assertEqual((len(mine), mine.busy, counts.cells[cell]), (5, 0, 0))
+        mine.sweep()
+        self.assertEqual(counts.cells[cell], 6)  # rested, not yet a whole sweep
+        mine.working(5)
+        mine.resting(5)  # and again: rested since the last sweep only
+        mine.sweep()
+        self.assertEqual((len(mine), mine.busy, counts.cells[cell]), (6, 1, 1))
+        mine.working(5)
+        mine.sweep()
+        mine.sweep()
+        self.assertEqual(mine.busy, 1)
         port = FakePort(mine, waiting=100)
         balance_accepts(port, counts, mine, clock)
         port.doRead()
         # Up to one more than the other worker's one busy connection.
-        self.assertEqual((port.accepted, mine.busy), (3, 3))
+        self.assertEqual((port.accepted, mine.busy), (2, 3))
         for n in range(3):
             mine.working(n)
         self.assertEqual(counts.cells[cell], 6)
-        port.doRead()
-        self.assertEqual((port.accepted, port.reading), (3, False))
-        clock.advance(0.001)  # the pause over, its count is published again
-        mine.discard(4)
-        mine.discard(0)
+        mine.discard(4)  # idle
+        mine.discard(0)  # busy
         mine.working(4)  # gone: nothing to wake
         self.assertEqual((len(mine), mine.busy, counts.cells[cell]), (6, 5, 5))
         mine.resting("never added")
+        mine.sweep()
+        mine.sweep()
         self.assertEqual(mine.busy, 5)
 
     def test_a_pause_that_ends_after_the_worker_stopped(self) -> None:
@@ -263,12 +280,12 @@ class AcceptingTests(SynchronousTestCase):
         CountedConnections(counts, 1).accepting(True)
         port = FakePort(mine, waiting=100)
         balance_accepts(port, counts, mine, clock)
-        port.doRead()
-        port.doRead()
+        for _ in range(1 + PASSES):
+            port.doRead()
         self.assertFalse(port.reading)
         mine.accepting(False)
         port.disconnecting = True
-        clock.advance(0.001)
+        clock.advance(PAUSE)
         self.assertFalse(port.reading)
         cell = counts.connections_cell(0)
         self.assertEqual(counts.cells[cell], NOT_ACCEPTING)

@@ -37,7 +37,7 @@ from txlb.lifecycle.shutdown import Lifecycle
 from txlb.net import fastio
 from txlb.observe.accesslog import AccessLog
 from txlb.tcp.proxy import TCPProxy, TCPProxyFactory
-from txlb.workers.accepting import CountedConnections, balance_accepts
+from txlb.workers.accepting import SWEEP, CountedConnections, balance_accepts
 from txlb.workers.buckets import SharedBuckets
 from txlb.workers.counting import WorkerCounts
 from txlb.workers.features import counts_of
@@ -141,6 +141,8 @@ class Worker:
         top.watch(self.connections)
         self.heartbeat = LoopingCall(self._beat)
         self.heartbeat.clock = reactor
+        self.sweeper = LoopingCall(self.connections.sweep)
+        self.sweeper.clock = reactor
         top.startService()
 
     def _share_queue(self, registry: Registry, counts: Counts) -> None:
@@ -178,6 +180,7 @@ class Worker:
             balance_accepts(port, self.counts, self.connections, self.reactor)
             self._ports.append(port)
         self.connections.accepting(True)
+        self.sweeper.start(SWEEP, now=False)
         self.heartbeat.start(1.0, now=False)
         _log.info(
             "worker {index} (pid {pid}) serving", index=self.index, pid=os.getpid()
