@@ -124,31 +124,32 @@ def balance_accepts(
         if port.connected and not port.disconnecting:
             port.startReading()
 
-    passed = [0]
+    passed = 0
 
     def doRead() -> None:
-        if mine.busy > counts.fewest_connections() + SLACK:
-            # The less loaded worker is woken by the same readiness: leave
-            # the connection to it, a while without waiting (pausing costs
-            # a millisecond, and two workers pausing at once starve the
-            # backlog), then pausing (it may be busy for longer).
-            passed[0] += 1
-            if passed[0] >= PASSES:
-                passed[0] = 0
-                port.stopReading()
-                clock.callLater(PAUSE, paused_again)
-            return
-        passed[0] = 0
-        # One accept at a time, the balance judged again after each (the
-        # count grows as each connection is made), up to BATCH an event:
-        # one an event would cap a busy worker at one per reactor turn.
-        for _ in range(BATCH):
+        # One accept at a time, the balance judged before each (the count
+        # grows as each connection is made), up to BATCH an event: one an
+        # event would cap a busy worker at one per reactor turn.
+        nonlocal passed
+        for accepted in range(BATCH):
+            if mine.busy > counts.fewest_connections() + SLACK:
+                if accepted == 0:
+                    # The less loaded worker is woken by the same readiness:
+                    # leave the connection to it, a while without waiting
+                    # (pausing costs a millisecond, and two workers pausing
+                    # at once starve the backlog), then pause (it may be
+                    # busy for longer).
+                    passed += 1
+                    if passed >= PASSES:
+                        passed = 0
+                        port.stopReading()
+                        clock.callLater(PAUSE, paused_again)
+                return
+            passed = 0
             had = len(mine)
             port.numberAccepts = 1
             accept()
             if len(mine) == had or not port.connected:
                 return  # none waiting (or refused, or the port closed)
-            if mine.busy > counts.fewest_connections() + SLACK:
-                return
 
     port.doRead = doRead
