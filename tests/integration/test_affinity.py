@@ -38,6 +38,30 @@ def three(demo_backend: Callable[..., Backend]) -> list[Backend]:
     return [demo_backend(name) for name in ("a", "b", "c")]
 
 
+def opened_together(port: int, count: int) -> list[http.client.HTTPConnection]:
+    """C{count} connections open at once: the workers' accept balancing
+    splits them (one at a time, each closed before the next, they all go to
+    whichever worker wakes first, both having none)."""
+    conns = [
+        http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(count)
+    ]
+    for conn in conns:
+        conn.connect()
+    return conns
+
+
+def owned_by(port: int, conns: list[http.client.HTTPConnection]) -> set[int | None]:
+    """The pids of the workers holding C{conns} (answered, so accepted);
+    then closes them."""
+    from tests.integration.test_workers import owners
+
+    mine = owners(port)
+    pids = {mine.get(conn.sock.getsockname()[1]) for conn in conns}
+    for conn in conns:
+        conn.close()
+    return pids
+
+
 def test_a_stuck_client_stays_and_falls_back(
     demo_backend: Callable[..., Backend],
     balancer: Callable[..., Balancer],
@@ -192,9 +216,9 @@ def test_two_workers_agree(
     demo_backend: Callable[..., Backend], balancer: Callable[..., Balancer]
 ) -> None:
     """With workers = 2, a cookie names the same backend in either worker and
-    a user hashes to the same backend in either: one connection each, 40
-    times, so both workers serve them."""
-    from tests.integration.test_workers import owners, serving
+    a user hashes to the same backend in either: on 40 connections open at
+    once, which both workers serve."""
+    from tests.integration.test_workers import serving
 
     backends = three(demo_backend)
     lb = balancer(
@@ -208,18 +232,15 @@ def test_two_workers_agree(
     conn.close()
     pair = headers["set-cookie"].split(";", 1)[0]
     stuck = headers["x-backend"]
-    pids = set()
-    for i in range(40):
-        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
-        conn.connect()
+    conns = opened_together(lb.port, 40)
+    for i, conn in enumerate(conns):
         _, headers, _ = get(conn, Cookie=pair, **{"X-User": f"user-{i}"})
-        pids.add(owners(lb.port).get(conn.sock.getsockname()[1]))
         assert headers["x-backend"] == stuck
         _, headers, _ = get(conn, **{"X-User": "bob"})
         if i == 0:
             bob = headers["x-backend"]
         assert headers["x-backend"] == bob
-        conn.close()
+    pids = owned_by(lb.port, conns)
     assert None not in pids and len(pids) == 2, pids
 
 
@@ -230,7 +251,7 @@ def test_two_workers_share_one_rate_limit(
     from each worker: 12 requests on 12 connections, which both workers
     serve, let 4 in.  The supervisor's stats and metrics sum both workers'
     rate-limit and sticky-cookie counts."""
-    from tests.integration.test_workers import owners, serving, wait_until
+    from tests.integration.test_workers import serving, wait_until
 
     backends = three(demo_backend)
     lb = balancer(
@@ -241,13 +262,9 @@ def test_two_workers_share_one_rate_limit(
     )
     serving(lb)
     before = requests_of(backends)
-    statuses, pids = [], set()
-    for _ in range(12):
-        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
-        conn.connect()
-        pids.add(owners(lb.port).get(conn.sock.getsockname()[1]))
-        statuses.append(get(conn, **{"X-Client": "greedy"})[0])
-        conn.close()
+    conns = opened_together(lb.port, 12)
+    statuses = [get(conn, **{"X-Client": "greedy"})[0] for conn in conns]
+    pids = owned_by(lb.port, conns)
     assert None not in pids and len(pids) == 2, pids
     assert sorted(statuses) == [200] * 4 + [429] * 8, statuses
     after = requests_of(backends)
