@@ -109,7 +109,14 @@ class ProxyConfig:
     )
     retries: int = key(2, schema.count, "a whole number, 0 or more")
     retry_budget: int = key(
-        50, schema.percent, "a percentage of live requests, 0 to 100"
+        50,
+        schema.percent,
+        "a percentage, 0 to 100, of the last 10 seconds' requests",
+    )
+    min_retries_per_second: int = key(
+        10,
+        schema.count,
+        "a whole number, 0 or more: retries a second the budget always allows",
     )
     idle_pool_size: int = key(64, schema.count, "a whole number, 0 or more")
     trusted_proxies: tuple[Network, ...] = key(

@@ -17,6 +17,7 @@ OK = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: backend/1\r\n"
     b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\nhello"
 )
+CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def header_lines(response: bytes) -> list[bytes]:
@@ -255,9 +256,10 @@ class FailureTests(SynchronousTestCase):
 
     def test_retry_budget(self) -> None:
         """Replays of requests that reached a backend stay within the budget:
-        with 10 live requests and a 20% budget (floor of 3 at once), 3 of 10
-        requests reset before answering are replayed; the rest get 502."""
-        h = Harness(backends=2, extra="retry_budget = 20")
+        with a 20% budget and no floor, 2 of 10 requests reset before
+        answering are replayed (a fifth of the 10 requests seen); the rest
+        get 502."""
+        h = Harness(backends=2, extra="retry_budget = 20\nmin_retries_per_second = 0")
         clients = [h.client() for _ in range(10)]
         for client in clients:
             client.send(GET)
@@ -265,14 +267,42 @@ class FailureTests(SynchronousTestCase):
         for backend in backends:
             backend.close()
         answered = [c.received()[:12] for c in clients]
-        self.assertEqual(answered.count(b"HTTP/1.1 502"), 7)
-        self.assertEqual(len(h.pending_connects()), 3)
-        self.assertEqual(h.proxy.retrying, 3)
-        for _ in range(3):
+        self.assertEqual(answered.count(b"HTTP/1.1 502"), 8)
+        self.assertEqual(len(h.pending_connects()), 2)
+        for _ in range(2):
             h.accept().reply(OK)
-        self.assertEqual(answered.count(b"HTTP/1.1 502"), 7)
-        self.assertEqual(h.proxy.retrying, 0)
-        self.assertEqual(h.proxy.live, 0)
+        answered = [c.received()[:15] for c in clients]
+        self.assertEqual(answered.count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(h.active(), [0, 0])
+
+    def test_a_dying_backend_costs_no_request(self) -> None:
+        """After steady traffic, a backend that resets all its requests in
+        flight at once (it died) has every one replayed: the budget counts
+        the last 10 seconds' requests, not those in flight.  A 20% budget
+        of the 10 in flight would replay 2."""
+        h = Harness(
+            backends=2,
+            extra="retry_budget = 20\nmin_retries_per_second = 0\n"
+            "[outlier]\nconsecutive_failures = 0",
+        )
+        steady = h.client()
+        for _ in range(50):
+            h.reactor.advance(0.1)
+            steady.send(GET)
+            h.accept().reply(CLOSING)  # none pooled: the 10 below are fresh
+        self.assertEqual(steady.received().count(b"HTTP/1.1 200 OK"), 50)
+        clients = [h.client() for _ in range(10)]
+        for client in clients:
+            client.send(GET)
+        dying = [h.accept() for _ in range(10)]
+        for backend in dying:
+            backend.close()
+        self.assertEqual([c.received() for c in clients], [b""] * 10)
+        for _ in range(10):
+            h.accept().reply(OK)
+        self.assertEqual(
+            [c.received()[:15] for c in clients], [b"HTTP/1.1 200 OK"] * 10
+        )
         self.assertEqual(h.active(), [0, 0])
 
     def test_refused_connections_outside_the_budget(self) -> None:

@@ -72,7 +72,6 @@ class Exchange:
         "proxy",
         "request",
         "responded",
-        "retried",
         "started",
         "status",
         "tried",
@@ -96,7 +95,6 @@ class Exchange:
         self.attached = False
         self.early: list[Callable[[], None]] | None = None
         self.responded = False
-        self.retried = False
         self.done = False
         self.upload: Upload | None = None
         self.status = 0
@@ -110,8 +108,8 @@ class Exchange:
         """Start: build the backend's request head, then get a backend."""
         request = self.request
         proxy = self.proxy
-        self.started = proxy.clock.seconds()
-        proxy.live += 1
+        self.started = started = proxy.clock.seconds()
+        proxy.budget.request(started)
         self.method = request.method
         self.body_length = body_length = request.body_length
         self.attached = body_length == 0
@@ -227,7 +225,6 @@ class Exchange:
         assert lease is not None
         lease.release(failed=True, why=cause)
         proxy = self.proxy
-        budgeted = budgeted and not self.retried
         why_not = proxy.why_not_retry(len(self.tried), budgeted)
         if why_not:
             self.log.warn(
@@ -238,9 +235,6 @@ class Exchange:
             )
             self._error(502, message)
             return
-        if budgeted:
-            self.retried = True
-            proxy.retrying += 1
         lease.backend.retries += 1
         self._pick()
 
@@ -393,9 +387,6 @@ class Exchange:
 
     def _end(self, failed: bool, status: int) -> None:
         proxy = self.proxy
-        proxy.live -= 1
-        if self.retried:
-            proxy.retrying -= 1
         lease, self.lease = self.lease, None
         now = proxy.clock.seconds()
         if lease is not None:

@@ -20,15 +20,13 @@ from txlb.core.backend import Backend
 from txlb.core.listeners import BackendListener, IBackendListener
 from txlb.core.ratelimit import IRateLimitStore, RateLimiter
 from txlb.core.registry import Registry
+from txlb.core.retrybudget import RetryBudget
 from txlb.http.headers import TrustedProxies
 from txlb.http.keys import KeyReader, key_reader
 from txlb.http.sticky import StickyCookies
 from txlb.http.upstream import BackendPool
 
 __all__ = ["HTTPProxy"]
-
-# The retry budget always allows this many retries at once (as Envoy does).
-_MIN_RETRY_CONCURRENCY = 3
 
 
 @implementer(IBackendListener)
@@ -76,9 +74,9 @@ class HTTPProxy(BackendListener):
         self.backend_timeout = settings.backend_timeout
         self.idle_timeout = settings.idle_timeout
         self.retries = settings.retries
-        self.retry_budget = settings.retry_budget
-        self.live = 0
-        self.retrying = 0
+        self.budget = RetryBudget(
+            settings.retry_budget, settings.min_retries_per_second
+        )
         self.retry_after = b"%d" % max(1, math.ceil(retry_after))
         # None when no proxy is trusted: then nobody's X-Forwarded-* is.
         self.trusted_proxies = (
@@ -146,14 +144,13 @@ class HTTPProxy(BackendListener):
     def why_not_retry(self, tried: int, budgeted: bool) -> str:
         """
         Why a request that failed on C{tried} backends may not be tried on
-        one more, or empty if it may: at most C{retries} more backends, and
-        for a retry the budget counts (C{budgeted}), retries in progress
-        stay under C{retry_budget} percent of live requests.
+        one more, or empty if it may (and then a retry the budget counts,
+        C{budgeted}, is taken from it): at most C{retries} more backends,
+        within the retry budget (L{txlb.core.retrybudget}).
         """
         if tried > self.retries:
             return f"{tried} backends tried"
-        limit = max(_MIN_RETRY_CONCURRENCY, self.live * self.retry_budget // 100)
-        if budgeted and self.retrying >= limit:
+        if budgeted and not self.budget.retry(self.clock.seconds()):
             return "retry budget used up"
         return ""
 
