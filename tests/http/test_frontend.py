@@ -224,6 +224,18 @@ class TargetTests(SynchronousTestCase):
         self.assertIn(b"\r\nHost: evil.example\r\n", sent)
         self.assertNotIn(b"Host: a\r\n", sent)
 
+    def test_fragment_in_the_target_is_400(self) -> None:
+        """A fragment is in no request-target form (RFC 9112 3.2): 400, and
+        the backend gets nothing (a path rule and a backend could read the
+        path differently)."""
+        for target in (b"/admin#/public", b"http://a/x#y", b"/x?q=1#"):
+            h = Harness(backends=1)
+            client = h.client()
+            client.send(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertEqual(status(client.received()), 400, target)
+            self.assertFalse(client.transport.connected)
+            self.assertEqual(h.pending_connects(), [])
+
     def test_connect_refused(self) -> None:
         h = Harness(backends=1)
         client = h.client()

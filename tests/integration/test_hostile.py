@@ -348,6 +348,9 @@ REJECTED = [
     case("method-not-token", b"G(T {m} HTTP/1.1\r\n" + H + b"\r\n"),
     case("target-control-char", b"GET {m}\x01x HTTP/1.1\r\n" + H + b"\r\n"),
     case("target-nul", b"GET {m}\x00x HTTP/1.1\r\n" + H + b"\r\n"),
+    # No request-target form has a fragment (RFC 9112 3.2).
+    case("target-fragment", b"GET {m}#x HTTP/1.1\r\n" + H + b"\r\n"),
+    case("absolute-fragment", b"GET http://h.example{m}#x HTTP/1.1\r\n" + H + b"\r\n"),
     # Header names (RFC 9112 section 5.1: whitespace before the colon MUST
     # be rejected with 400; a name is a token).
     case("space-before-colon", b"GET {m} HTTP/1.1\r\nHost : h.example\r\n\r\n"),

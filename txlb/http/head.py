@@ -4,8 +4,8 @@ leaves to a server (see L{txlb.http.frontend}).  HTTP/1.0 and 1.1 only,
 no C{CONNECT}, exactly one valid C{Host} on HTTP/1.1
 (L{txlb.http.authority}), no C{Transfer-Encoding} on HTTP/1.0 and no
 coding but C{chunked} (L{txlb.http.codings}), the body size limit, and the
-request-target's form (absolute-form becomes origin-form, answered by our
-own backends, never fetched from the host it names).  A head that fails
+request-target's form (no fragment; absolute-form becomes origin-form,
+answered by our own backends, never fetched from the host it names).  A head that fails
 raises L{Refused}.
 """
 
@@ -95,6 +95,11 @@ def judge(
 def _target(request: ClientRequest) -> None:
     """Check the request-target's form; absolute-form becomes origin-form."""
     uri = request.uri
+    if b"#" in uri:
+        # No form has a fragment (RFC 9112 3.2): a backend or a path rule
+        # reading it as part of the path would see another path than ours
+        # (HAProxy's CVE-2023-45539).
+        raise Refused(400, "a fragment in the request target")
     if uri.startswith(b"/"):
         return
     if uri == b"*" and request.method == b"OPTIONS":
