@@ -22,11 +22,8 @@ class RetryBudgetTests(SynchronousTestCase):
         for _ in range(100):
             budget.request(START)
         self.assertEqual(taken(budget, START, 50), 20)
-        budget.request(START)
-        budget.request(START)
-        budget.request(START)
-        budget.request(START)
-        budget.request(START)
+        for _ in range(5):
+            budget.request(START)
         self.assertEqual(taken(budget, START, 5), 1)
 
     def test_floor_without_requests(self) -> None:
@@ -75,18 +72,17 @@ class RetryBudgetTests(SynchronousTestCase):
     def test_a_part_of_the_window_forgets(self) -> None:
         """The window moves on a second at a time: 9 s later the first
         second's requests still count, 10.5 s later they do not."""
-        budget = RetryBudget(100, 0)
-        for _ in range(4):
-            budget.request(START)
-        for _ in range(6):
-            budget.request(START + 5)
-        self.assertEqual(taken(budget, START + 9, 20), 10)
-        budget = RetryBudget(100, 0)
-        for _ in range(4):
-            budget.request(START)
-        for _ in range(6):
-            budget.request(START + 5)
-        self.assertEqual(taken(budget, START + 10.5, 20), 6)
+
+        def four_then_six() -> RetryBudget:
+            budget = RetryBudget(100, 0)
+            for _ in range(4):
+                budget.request(START)
+            for _ in range(6):
+                budget.request(START + 5)
+            return budget
+
+        self.assertEqual(taken(four_then_six(), START + 9, 20), 10)
+        self.assertEqual(taken(four_then_six(), START + 10.5, 20), 6)
 
     @settings(max_examples=200, deadline=None)
     @given(
