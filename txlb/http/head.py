@@ -5,8 +5,8 @@ no C{CONNECT}, exactly one valid C{Host} on HTTP/1.1
 (L{txlb.http.authority}), no C{Transfer-Encoding} on HTTP/1.0 and no
 coding but C{chunked} (L{txlb.http.codings}), the body size limit, and the
 request-target's form (no fragment; absolute-form becomes origin-form,
-answered by our own backends, never fetched from the host it names).  A head that fails
-raises L{Refused}.
+answered by our own backends, never fetched from the host it names).  A
+head that fails raises L{Refused}.
 """
 
 from __future__ import annotations
