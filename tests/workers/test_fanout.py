@@ -179,6 +179,19 @@ class FakePort:
 
 
 class AcceptingTests(SynchronousTestCase):
+    def workers(
+        self, both: bool = True
+    ) -> tuple[Counts, CountedConnections, CountedConnections]:
+        """Two workers' shared counts and their connections, worker 0
+        accepting (and worker 1 too, with C{both})."""
+        counts = Counts.create(2, slots=4)
+        self.addCleanup(counts.close)
+        mine = CountedConnections(counts, 0)
+        theirs = CountedConnections(counts, 1)
+        mine.accepting(True)
+        theirs.accepting(both)
+        return counts, mine, theirs
+
     def test_one_accept_at_a_time_and_pause_when_busier(self) -> None:
         """
         A worker accepts one connection at a time while it has no more than
@@ -187,12 +200,7 @@ class AcceptingTests(SynchronousTestCase):
         pauses for a moment.
         """
         clock = Clock()
-        counts = Counts.create(2, slots=4)
-        self.addCleanup(counts.close)
-        mine = CountedConnections(counts, 0)
-        theirs = CountedConnections(counts, 1)
-        mine.accepting(True)
-        theirs.accepting(True)
+        counts, mine, theirs = self.workers()
         port = FakePort(mine, waiting=1000)
         balance_accepts(port, counts, mine, clock)
         port.doRead()
@@ -229,12 +237,7 @@ class AcceptingTests(SynchronousTestCase):
         idle one that wakes, or closes, leaves the count right.
         """
         clock = Clock()
-        counts = Counts.create(2, slots=4)
-        self.addCleanup(counts.close)
-        mine = CountedConnections(counts, 0)
-        theirs = CountedConnections(counts, 1)
-        mine.accepting(True)
-        theirs.accepting(True)
+        counts, mine, theirs = self.workers()
         for n in range(6):
             mine.add(n)
             mine.resting(n)
@@ -273,11 +276,7 @@ class AcceptingTests(SynchronousTestCase):
         out of the comparison, and the closed port is not read again.
         """
         clock = Clock()
-        counts = Counts.create(2, slots=4)
-        self.addCleanup(counts.close)
-        mine = CountedConnections(counts, 0)
-        mine.accepting(True)
-        CountedConnections(counts, 1).accepting(True)
+        counts, mine, _ = self.workers()
         port = FakePort(mine, waiting=100)
         balance_accepts(port, counts, mine, clock)
         for _ in range(1 + PASSES):
@@ -295,10 +294,7 @@ class AcceptingTests(SynchronousTestCase):
     def test_a_worker_not_accepting_does_not_count(self) -> None:
         """A starting or dead worker's count is no reason for others to pause."""
         clock = Clock()
-        counts = Counts.create(2, slots=4)
-        self.addCleanup(counts.close)
-        mine = CountedConnections(counts, 0)
-        mine.accepting(True)
+        counts, mine, _ = self.workers(both=False)
         for n in range(5):
             mine.add(n)
         port = FakePort(mine, waiting=3)
